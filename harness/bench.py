@@ -1,0 +1,92 @@
+"""`notifier-harness bench`: boot-to-SSH-ready of the harness against the raw QEMU floor.
+
+The floor is the same QEMU argv (same kernel, accelerator, machine, memory)
+with a trivial initramfs whose init powers off at once, timed from spawn to
+exit.  The harness figure is Machine.boot(): from spawn until an SSH command
+succeeded.  Both are medians of `repeats` boots, all in one run, kernels side
+by side.  Nothing here asserts a target; it reports.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from harness.artifacts.cache import cache_root
+from harness.artifacts.initramfs import build_floor_initramfs, build_initramfs, make_manifest
+from harness.artifacts.kernel import resolve_kernel
+from harness.config import Config
+from harness.errors import MachineError
+from harness.runner import Run, new_run_dir
+from harness.vm.accel import choose_accel, probe_host
+from harness.vm.machine import BootImage, Machine, free_port
+from harness.vm.qemu_args import QemuPlan, qemu_argv
+from harness.vm.ssh import make_run_key
+
+
+def _floor_once(plan: QemuPlan, timeout: float) -> float:
+    argv = qemu_argv(plan)
+    start = time.monotonic()
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=timeout)
+    elapsed = time.monotonic() - start
+    if proc.returncode != 0:
+        raise MachineError(f"floor boot failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-300:]}")
+    return elapsed
+
+
+def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
+    cache = cache_root()
+    accel = choose_accel(config.machine.accel, probe_host())
+    out = new_run_dir(prefix="bench-")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"bench: accel {accel.accel} ({accel.reason}); {repeats} boots per figure; {out}")
+    floor_initrd = build_floor_initramfs(cache)
+    _, pub = make_run_key()
+    figures: dict[str, dict[str, object]] = {}
+    for spec in config.kernels:
+        kernel = resolve_kernel(spec, cache)
+        initramfs = build_initramfs(make_manifest(kernel.release, kernel.modules_dir), cache)
+        with tempfile.TemporaryDirectory(prefix="notifier-harness-bench-") as tmp:
+            plan = QemuPlan(qemu="qemu-system-x86_64", kernel=kernel.image, initrd=floor_initrd,
+                            accel=accel.accel, cpus=config.machine.cpus, memory_mib=config.machine.memory_mib,
+                            qmp_socket=Path(tmp) / "qmp.sock", ssh_port=free_port(), ssh_pubkey=pub,
+                            extra_cmdline=config.machine.cmdline)
+            floors = [_floor_once(plan, config.machine.boot_timeout_s) for _ in range(repeats)]
+        boots = []
+        image = BootImage(kernel=kernel.image, initrd=initramfs.path, host_key=initramfs.host_key)
+        for i in range(repeats):
+            with Machine(image, config.machine, accel, out / kernel.release / f"boot{i}", log=log) as m:
+                boots.append(m.boot_s)
+        floor, boot = statistics.median(floors), statistics.median(boots)
+        figures[kernel.release] = {"floor_s": floors, "harness_boot_s": boots, "floor_median_s": floor,
+                                   "harness_median_s": boot, "ratio": boot / floor}
+    # One whole run of the config's scenarios: the suite's wall time.
+    start = time.monotonic()
+    suite = Run(config=config, out_dir=out / "suite", log=lambda _m: None)
+    results = suite.execute()
+    suite_s = time.monotonic() - start
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    releases = list(figures)
+    width = max(28, *(len(r) for r in releases))
+    rows = [("", *releases),
+            ("raw QEMU floor, median s", *(f"{figures[r]['floor_median_s']:.2f}" for r in releases)),
+            ("harness boot-to-SSH, median s", *(f"{figures[r]['harness_median_s']:.2f}" for r in releases)),
+            ("ratio harness/floor", *(f"{figures[r]['ratio']:.2f}" for r in releases))]
+    log("")
+    for row in rows:
+        log(f"{row[0]:32}" + "".join(f"{cell:>{width + 2}}" for cell in row[1:]))
+    verdicts = ", ".join(f"{r.kernel}/{r.scenario}={r.verdict}" for r in results)
+    log(f"suite ({len(results)} scenario runs incl. boots): {suite_s:.1f} s wall [{verdicts}]")
+    log(f"harness process peak RSS: {rss_mib:.0f} MiB")
+    (out / "bench.json").write_text(json.dumps({"accel": accel.accel, "repeats": repeats, "kernels": figures,
+                                                "suite_s": suite_s, "peak_rss_mib": rss_mib}, indent=2) + "\n")
+    log(f"bench: {out / 'bench.json'}")
+    return 0

@@ -1,0 +1,254 @@
+"""The run configuration: YAML in, one frozen dataclass out, validated at load.
+
+Every error names the file, the key path of the bad value and what is allowed,
+so a typo in a CI config costs one read of one line.  Unknown keys are errors,
+never ignored: a misspelt `boot_timout` silently falling back to a default is
+how a harness lies.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
+
+import yaml
+
+from harness.errors import ConfigError
+from harness.kernelspec import KernelSpec, parse_kernel_spec
+
+ACCELERATORS = ("auto", "kvm", "tcg")
+MIN_MEMORY_MIB = 256
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """How the guest machine is shaped."""
+
+    cpus: int = 2
+    memory_mib: int = 2048
+    accel: str = "auto"
+    boot_timeout_s: float = 120.0
+    # Under `auto`, KVM that prints nothing on the console this long is given
+    # up for TCG (a paravirtual /dev/kvm can hang a stock kernel silently).
+    kvm_watchdog_s: float = 15.0
+    cmdline: str = ""  # extra kernel command line, appended
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """One scenario to run, with its own knobs."""
+
+    name: str
+    timeout_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: which kernels, which machine, which scenarios, which seed."""
+
+    kernels: tuple[KernelSpec, ...]
+    scenarios: tuple[ScenarioConfig, ...]
+    machine: MachineConfig = field(default_factory=MachineConfig)
+    seed: int = 1
+    source: str = "<built-in>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config, as written into a run directory."""
+        return {
+            "source": self.source,
+            "kernels": [k.text for k in self.kernels],
+            "machine": {
+                "cpus": self.machine.cpus,
+                "memory": f"{self.machine.memory_mib}M",
+                "accel": self.machine.accel,
+                "boot_timeout": self.machine.boot_timeout_s,
+                "kvm_watchdog": self.machine.kvm_watchdog_s,
+                "cmdline": self.machine.cmdline,
+            },
+            "scenarios": [{"name": s.name, "timeout": s.timeout_s} for s in self.scenarios],
+            "seed": self.seed,
+        }
+
+
+# --- value parsers: each takes (value, key path) and raises ConfigError -----
+
+def _fail(path: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{path}: {value!r} is not valid; {allowed}")
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def parse(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise _fail(path, value, f"expected an integer from {lo} to {hi}")
+        return value
+    return parse
+
+
+def _seconds(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise _fail(path, value, "expected a positive number of seconds")
+    return float(value)
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([MmGg])(?:i?[Bb])?\s*$")
+
+
+def parse_memory_mib(value: Any, path: str) -> int:
+    """`2G`, `2GiB`, `512M` or a bare integer of MiB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mib = value
+    elif isinstance(value, str) and _SIZE.match(value):
+        m = _SIZE.match(value)
+        assert m
+        mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)
+    else:
+        raise _fail(path, value, "expected a size such as 512M or 2G")
+    if mib < MIN_MEMORY_MIB:
+        raise _fail(path, value, f"the guest needs at least {MIN_MEMORY_MIB}M")
+    return mib
+
+
+def parse_accel(value: Any, path: str) -> str:
+    if value not in ACCELERATORS:
+        raise _fail(path, value, f"expected one of {', '.join(ACCELERATORS)}")
+    return str(value)
+
+
+def _cmdline(value: Any, path: str) -> str:
+    if not isinstance(value, str) or "\n" in value:
+        raise _fail(path, value, "expected one line of kernel command-line arguments")
+    return value
+
+
+def _mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of keys, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], valid: Collection[str], path: str) -> None:
+    for key in data:
+        if key not in valid:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key {where!r}; valid keys{' in ' + path if path else ''}: "
+                              f"{', '.join(sorted(valid))}")
+
+
+_MACHINE_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    # yaml key: (dataclass field, parser)
+    "cpus": ("cpus", _int_in(1, 64)),
+    "memory": ("memory_mib", parse_memory_mib),
+    "accel": ("accel", parse_accel),
+    "boot_timeout": ("boot_timeout_s", _seconds),
+    "kvm_watchdog": ("kvm_watchdog_s", _seconds),
+    "cmdline": ("cmdline", _cmdline),
+}
+
+_SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "timeout": ("timeout_s", _seconds),
+}
+
+_TOP_KEYS = ("kernels", "machine", "scenarios", "seed")
+
+
+def _parse_machine(data: Any) -> MachineConfig:
+    data = _mapping(data, "machine")
+    _check_keys(data, _MACHINE_KEYS, "machine")
+    fields = {attr: parse(data[key], f"machine.{key}")
+              for key, (attr, parse) in _MACHINE_KEYS.items() if key in data}
+    return MachineConfig(**fields)
+
+
+def _parse_scenario(item: Any, path: str, known: Optional[Collection[str]]) -> ScenarioConfig:
+    if isinstance(item, str):
+        item = {"name": item}
+    item = _mapping(item, path)
+    _check_keys(item, ("name", *_SCENARIO_KEYS), path)
+    name = item.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}.name: missing scenario name")
+    if known is not None and name not in known:
+        raise ConfigError(f"{path}: unknown scenario {name!r}; valid scenarios: "
+                          f"{', '.join(sorted(known))}")
+    fields = {attr: parse(item[key], f"{path}.{key}")
+              for key, (attr, parse) in _SCENARIO_KEYS.items() if key in item}
+    return ScenarioConfig(name=name, **fields)
+
+
+def _nonempty_list(value: Any, path: str) -> Sequence[Any]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{path}: expected a non-empty list")
+    return value
+
+
+def parse_config(data: Any, source: str = "<string>",
+                 known_scenarios: Optional[Collection[str]] = None) -> Config:
+    """Validate an already-loaded YAML document."""
+    try:
+        data = _mapping(data, "top level")
+        _check_keys(data, _TOP_KEYS, "")
+        for key in ("kernels", "scenarios"):
+            if key not in data:
+                raise ConfigError(f"missing key {key!r}")
+        kernels = []
+        for i, text in enumerate(_nonempty_list(data["kernels"], "kernels")):
+            try:
+                kernels.append(parse_kernel_spec(text))
+            except ConfigError as e:
+                raise ConfigError(f"kernels[{i}]: {e}") from None
+        scenarios = tuple(_parse_scenario(item, f"scenarios[{i}]", known_scenarios)
+                          for i, item in enumerate(_nonempty_list(data["scenarios"], "scenarios")))
+        machine = _parse_machine(data.get("machine", {}))
+        seed = _int_in(0, 2**32 - 1)(data.get("seed", 1), "seed")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return Config(kernels=tuple(kernels), scenarios=scenarios, machine=machine,
+                  seed=seed, source=source)
+
+
+def load_config(path: Path, known_scenarios: Optional[Collection[str]] = None) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, source=str(path), known_scenarios=known_scenarios)
+
+
+def with_overrides(config: Config, *, kernels: Sequence[str] = (), scenarios: Sequence[str] = (),
+                   seed: Optional[int] = None, accel: Optional[str] = None,
+                   known_scenarios: Optional[Collection[str]] = None) -> Config:
+    """Apply CLI flags on top of a loaded config, validating them the same way.
+
+    `--scenario` selects among the config's scenarios (keeping their knobs) and
+    falls back to defaults for a scenario the config does not list.
+    """
+    if kernels:
+        specs = []
+        for text in kernels:
+            try:
+                specs.append(parse_kernel_spec(text))
+            except ConfigError as e:
+                raise ConfigError(f"--kernel: {e}") from None
+        config = replace(config, kernels=tuple(specs))
+    if scenarios:
+        by_name = {s.name: s for s in config.scenarios}
+        chosen = tuple(by_name.get(name) or _parse_scenario(name, "--scenario", known_scenarios)
+                       for name in scenarios)
+        config = replace(config, scenarios=chosen)
+    if seed is not None:
+        config = replace(config, seed=_int_in(0, 2**32 - 1)(seed, "--seed"))
+    if accel is not None:
+        config = replace(config, machine=replace(config.machine, accel=parse_accel(accel, "--accel")))
+    return config

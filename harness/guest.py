@@ -1,0 +1,68 @@
+"""The guest session scenarios use: run commands, read files, load modules.
+
+It wraps the SSH session of a booted Machine and the kernel it runs; it never
+builds QEMU command lines and never shuts the machine down.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+from harness.errors import GuestError
+from harness.vm.ssh import CommandResult, SshSession
+
+
+@dataclass
+class Guest:
+    ssh: SshSession
+    release: str          # the release the harness booted
+    accel: str
+    # The running scenario's time limit: no command may outlive it.
+    deadline: Optional[float] = None
+    budget_s: float = 0.0
+
+    def start_budget(self, seconds: float) -> None:
+        self.budget_s = seconds
+        self.deadline = time.monotonic() + seconds
+
+    def _timeout(self, wanted: float) -> float:
+        if self.deadline is None:
+            return wanted
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise GuestError(f"scenario time limit of {self.budget_s:.0f} s exceeded")
+        return min(wanted, left)
+
+    def run(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> CommandResult:
+        """Run and return the result whatever its exit status."""
+        return self.ssh.run(argv, timeout=self._timeout(timeout))
+
+    def check(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> str:
+        """Run, insist on exit 0, return stdout."""
+        result = self.run(argv, timeout=timeout)
+        if not result.ok:
+            raise GuestError(f"guest command failed with status {result.exit_status}: {result.argv}: "
+                             f"{(result.stderr or result.stdout).strip()[-500:]}")
+        return result.stdout
+
+    def read_text(self, path: str) -> str:
+        return self.check(["cat", path])
+
+    def cpu_flags(self) -> frozenset[str]:
+        for line in self.read_text("/proc/cpuinfo").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return frozenset(value.split())
+        return frozenset()
+
+    def modprobe(self, module: str) -> CommandResult:
+        return self.run(["modprobe", module])
+
+    def kmsg(self, text: str) -> None:
+        """Write a line into the kernel log, to slice it per scenario."""
+        self.check(["sh", "-c", 'echo "$1" > /dev/kmsg', "kmsg", text])
+
+    def dmesg(self) -> str:
+        return self.check(["dmesg"])

@@ -1,0 +1,10 @@
+"""The scenario registry: every scenario the harness can run, by name."""
+
+from __future__ import annotations
+
+from harness.scenarios.base import Scenario, ScenarioContext
+from harness.scenarios.smoke import Smoke
+
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (Smoke(),)}
+
+__all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]

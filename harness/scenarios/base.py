@@ -1,0 +1,28 @@
+"""What a scenario is: a name, a description, and run(context) -> Verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from harness.config import ScenarioConfig
+from harness.guest import Guest
+from harness.verdict import Verdict
+
+
+@dataclass
+class ScenarioContext:
+    guest: Guest
+    config: ScenarioConfig
+    seed: int
+    out_dir: Path                 # the scenario's own directory in the run
+    console_tail: Callable[[], str]
+    init_failures: tuple[str, ...] = ()   # NH-INIT: FAILED lines from boot
+
+
+class Scenario(Protocol):
+    name: str
+    description: str
+
+    def run(self, ctx: ScenarioContext) -> Verdict: ...

@@ -1,0 +1,135 @@
+"""The serial console: always drained, teed to console.log, watched for markers.
+
+QEMU writes the guest's ttyS0 to its stdout pipe.  A reader thread owns a
+pexpect `fdspawn` on that pipe and loops on `expect`; if nobody read it, a
+chatty kernel would fill the pipe and stall the vCPU writing to the UART.
+Every byte read goes to console.log (pexpect's logfile_read) and to a bounded
+in-memory tail used in error messages.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from typing import IO, Optional
+
+import pexpect
+import pexpect.fdpexpect
+
+from harness.vm.qemu_args import READY_MARKER
+
+_TAIL_BYTES = 64 * 1024
+# Lines that mean the kernel has died; issue-level classification lives elsewhere.
+_PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*")
+_READY = re.compile(re.escape(READY_MARKER.encode()) + rb"[^\r\n]*")
+# The guest's init prints these for each bring-up step that failed.
+_INIT_FAILED = re.compile(rb"NH-INIT: FAILED: [^\r\n]*")
+
+
+class _Tee:
+    """pexpect's logfile_read: to console.log, and a tail kept in memory."""
+
+    def __init__(self, log: IO[bytes]):
+        self._log = log
+        self._tail = bytearray()
+        self._lock = threading.Lock()
+        self.first_output = threading.Event()
+        self.bytes_seen = 0
+
+    def write(self, data: bytes) -> None:
+        self._log.write(data)
+        self._log.flush()
+        with self._lock:
+            self._tail += data
+            del self._tail[:-_TAIL_BYTES]
+            self.bytes_seen += len(data)
+        if data:
+            self.first_output.set()
+
+    def flush(self) -> None:
+        self._log.flush()
+
+    def tail(self) -> bytes:
+        with self._lock:
+            return bytes(self._tail)
+
+
+class Console:
+    """Reads one QEMU's serial output until EOF, in a thread of its own."""
+
+    def __init__(self, stream: IO[bytes], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self._tee = _Tee(self._log)
+        self._child = pexpect.fdpexpect.fdspawn(stream, timeout=1.0, searchwindowsize=4096,
+                                                logfile=None)
+        self._child.logfile_read = self._tee
+        self.ready = threading.Event()
+        self.ready_line = ""
+        self.panic_line = ""
+        self.panicked = threading.Event()
+        self.init_failures: list[str] = []
+        self.closed = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="console", daemon=True)
+        self._thread.start()
+
+    @property
+    def first_output(self) -> threading.Event:
+        return self._tee.first_output
+
+    @property
+    def bytes_seen(self) -> int:
+        return self._tee.bytes_seen
+
+    def _drain(self) -> None:
+        patterns = [_READY, _PANIC, _INIT_FAILED, pexpect.EOF, pexpect.TIMEOUT]
+        try:
+            while True:
+                try:
+                    i = self._child.expect(patterns)
+                except (OSError, ValueError):
+                    break  # the pipe was closed under us at shutdown
+                if i == 0:
+                    self.ready_line = self._child.after.decode(errors="replace").strip()
+                    self.ready.set()
+                elif i == 1:
+                    self.panic_line = self._child.after.decode(errors="replace").strip()
+                    self.panicked.set()
+                elif i == 2:
+                    self.init_failures.append(self._child.after.decode(errors="replace").strip())
+                elif i == 3:
+                    break
+                else:
+                    # Unmatched text accumulates in pexpect's buffer; the tee
+                    # already has it, so keep only what a marker could straddle.
+                    self._child.buffer = self._child.buffer[-256:]
+        finally:
+            self.closed.set()
+
+    def tail(self, lines: int = 25) -> str:
+        text = self._tee.tail().decode(errors="replace").replace("\r", "")
+        return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not event.is_set() and not self.closed.is_set():
+            if time.monotonic() >= deadline:
+                return False
+            event.wait(0.05)
+        return event.is_set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Join the reader (QEMU's exit closes the pipe) and close the log."""
+        self._thread.join(timeout)
+        self._log.close()
+
+    def __repr__(self) -> str:  # pragma: no cover - debugging aid
+        return f"Console({self.log_path}, {self.bytes_seen} bytes)"
+
+
+def open_console(stream: Optional[IO[bytes]], log_path: Path) -> Console:
+    if stream is None:
+        raise ValueError("QEMU was started without a stdout pipe")
+    return Console(stream, log_path)

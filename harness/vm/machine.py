@@ -1,0 +1,254 @@
+"""The QEMU machine as a context manager: launch, wait until SSH works, shut down.
+
+Shutdown is soft first and hard last (system_powerdown, then quit, then
+SIGKILL), and runs whatever happened before it, Ctrl-C included, so no QEMU
+process, port or private directory outlives the Machine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from harness.config import MachineConfig
+from harness.errors import BootTimeout, GuestError, MachineError
+from harness.vm.accel import AccelChoice
+from harness.vm.console import Console
+from harness.vm.qemu_args import QemuPlan, qemu_argv
+from harness.vm.qmp import Monitor
+from harness.vm.ssh import SshSession, make_run_key
+
+DEFAULT_QEMU = "qemu-system-x86_64"
+POWERDOWN_TIMEOUT_S = 10.0
+QUIT_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class BootImage:
+    """What to boot: a kernel image and an initramfs whose sshd key is known."""
+
+    kernel: Path
+    initrd: Path
+    host_key: str
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (QEMU may still lose a race for it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port (TIME_WAIT leftovers of closed connections do not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Machine:
+    """One QEMU guest.  `with Machine(...) as m:` boots it; leaving the block stops it."""
+
+    def __init__(self, image: BootImage, machine: MachineConfig, accel: AccelChoice, out_dir: Path,
+                 qemu: str = DEFAULT_QEMU, log: Callable[[str], None] = print):
+        self.image = image
+        self.config = machine
+        self.accel = accel
+        self.out_dir = out_dir
+        self.qemu = qemu
+        self.log = log
+        self.private_dir: Optional[Path] = None
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.console: Optional[Console] = None
+        self.monitor: Optional[Monitor] = None
+        self._ssh: Optional[SshSession] = None
+        self._key, self._pubkey = make_run_key()
+        self.ssh_port = 0
+        self.argv: list[str] = []
+        self.boot_s = 0.0
+        self.accel_used = accel.accel
+        self.accel_reason = accel.reason
+        self.shutdown_how = ""
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> "Machine":
+        self.boot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def boot(self) -> None:
+        if shutil.which(self.qemu) is None:
+            raise MachineError(f"QEMU binary {self.qemu} not found; install the Debian package "
+                               f"qemu-system-x86 (make setup)")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        start = time.monotonic()
+        try:
+            self._boot_with(self.accel.accel, watchdog=self.accel.watchdog, start=start)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.boot_s = time.monotonic() - start
+
+    def _boot_with(self, accel: str, watchdog: bool, start: float) -> None:
+        deadline = start + self.config.boot_timeout_s
+        try:
+            self._launch(accel)
+        except MachineError as e:
+            if watchdog:
+                return self._fall_back_to_tcg(f"QEMU under KVM failed to start ({e}: {self.stderr_tail()})")
+            raise
+        assert self.proc and self.console and self.monitor
+        while not self.console.ready.is_set():
+            silent = not self.console.first_output.is_set()
+            try:
+                self._check_alive("while booting")
+            except MachineError as e:
+                # KVM that kills QEMU before the kernel said a word (QEMU 7.2
+                # aborts on some MSRs under a paravirtual KVM) gets the same
+                # second chance as KVM that hangs.
+                if watchdog and silent:
+                    return self._fall_back_to_tcg(f"QEMU under KVM died silently ({e})")
+                raise
+            if watchdog and silent and time.monotonic() - start > self.config.kvm_watchdog_s:
+                return self._fall_back_to_tcg(
+                    f"KVM showed no console output in {self.config.kvm_watchdog_s:.0f} s")
+            if time.monotonic() > deadline:
+                raise BootTimeout(f"guest not ready after {self.config.boot_timeout_s:.0f} s "
+                                  f"({self.console.bytes_seen} console bytes); console tail:\n"
+                                  f"{self.console.tail()}")
+            self.console.wait(self.console.ready, 0.1)
+        try:
+            self._ssh = SshSession.connect(self.ssh_port, self._key, self.image.host_key,
+                                           timeout=max(5.0, deadline - time.monotonic()),
+                                           alive=lambda: self.proc is not None and self.proc.poll() is None)
+        except GuestError as e:
+            raise BootTimeout(f"{e}; console tail:\n{self.console.tail()}") from None
+        status = self.monitor.status()
+        if status != "running":
+            raise MachineError(f"QMP query-status says {status!r} after boot, not 'running'")
+
+    def _fall_back_to_tcg(self, why: str) -> None:
+        self.log(f"accel: {why.splitlines()[0]}; falling back to TCG")
+        self._stop_process()
+        self.accel_reason = f"{self.accel.reason}; but {why.splitlines()[0]}, fell back to TCG"
+        self._boot_with("tcg", watchdog=False, start=time.monotonic())
+
+    def _launch(self, accel: str) -> None:
+        if self.private_dir is None:
+            # mkdtemp makes it 0700: the QMP socket is ours alone.
+            self.private_dir = Path(tempfile.mkdtemp(prefix="notifier-harness-"))
+        qmp_socket = self.private_dir / "qmp.sock"
+        qmp_socket.unlink(missing_ok=True)
+        self.ssh_port = free_port()
+        self.accel_used = accel
+        plan = QemuPlan(qemu=self.qemu, kernel=self.image.kernel, initrd=self.image.initrd, accel=accel,
+                        cpus=self.config.cpus, memory_mib=self.config.memory_mib, qmp_socket=qmp_socket,
+                        ssh_port=self.ssh_port, ssh_pubkey=self._pubkey, extra_cmdline=self.config.cmdline)
+        self.argv = qemu_argv(plan)
+        (self.out_dir / "qemu-argv.json").write_text(json.dumps(self.argv, indent=1) + "\n")
+        stderr = open(self.out_dir / "qemu-stderr.log", "wb")
+        try:
+            # A session of its own: Ctrl-C reaches the harness, which then
+            # shuts QEMU down itself instead of QEMU dying mid-write.
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=stderr, start_new_session=True)
+        except OSError as e:
+            raise MachineError(f"cannot start {self.qemu}: {e.strerror}") from None
+        finally:
+            stderr.close()
+        self.console = Console(self.proc.stdout, self.out_dir / "console.log")  # type: ignore[arg-type]
+        self.monitor = Monitor(qmp_socket)
+        self.monitor.connect(timeout=15.0, alive=lambda: self.proc is not None and self.proc.poll() is None)
+
+    def _check_alive(self, when: str) -> None:
+        assert self.proc and self.console and self.monitor
+        code = self.proc.poll()
+        if code is not None:
+            self.console.close(1.0)
+            raise MachineError(f"QEMU exited with status {code} {when}: {self.stderr_tail() or '(no stderr)'}"
+                               f"; console tail:\n{self.console.tail()}")
+        for event in self.monitor.poll_events():
+            if event.get("event") == "GUEST_PANICKED":
+                raise MachineError(f"guest panicked {when} (QMP GUEST_PANICKED): "
+                                   f"{self.console.panic_line or 'see console'}; console tail:\n"
+                                   f"{self.console.tail()}")
+        if self.console.panicked.is_set():
+            raise MachineError(f"guest panicked {when}: {self.console.panic_line}; console tail:\n"
+                               f"{self.console.tail()}")
+
+    def stderr_tail(self) -> str:
+        try:
+            text = (self.out_dir / "qemu-stderr.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(text.strip().splitlines()[-5:])
+
+    def shutdown(self) -> None:
+        """Soft, then hard; idempotent; never raises for a machine already gone.
+
+        A guest that never became ready has no acpid to hear the power
+        button yet, so it goes straight to `quit`.
+        """
+        ready = self._ssh is not None
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        self._stop_process(soft=ready)
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+            self.private_dir = None
+
+    def _stop_process(self, soft: bool = False) -> None:
+        proc, monitor = self.proc, self.monitor
+        if proc is not None and proc.poll() is None:
+            self.shutdown_how = "kill"
+            steps = [("system_powerdown", POWERDOWN_TIMEOUT_S, "powerdown")] if soft else []
+            steps.append(("quit", QUIT_TIMEOUT_S, "quit"))
+            if monitor is not None:
+                for command, wait_s, how in steps:
+                    try:
+                        monitor.command(command)
+                        proc.wait(wait_s)
+                        self.shutdown_how = how
+                        break
+                    except (MachineError, subprocess.TimeoutExpired):
+                        continue
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        elif proc is not None and not self.shutdown_how:
+            self.shutdown_how = f"exited ({proc.returncode})"
+        if monitor is not None:
+            monitor.close()
+        if self.console is not None:
+            self.console.close()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
+        self.proc = self.monitor = self.console = None
+
+    # -- use ---------------------------------------------------------------
+
+    @property
+    def ssh(self) -> SshSession:
+        if self._ssh is None:
+            raise GuestError("the guest is not booted")
+        return self._ssh
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None

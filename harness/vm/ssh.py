@@ -1,0 +1,165 @@
+"""SSH to the guest through paramiko: a key made for this run, the guest's host key pinned."""
+
+from __future__ import annotations
+
+import base64
+import os
+import select
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import paramiko
+
+from harness.errors import GuestError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+def make_run_key() -> tuple[paramiko.PKey, str]:
+    """A fresh ECDSA P-256 key (fast to make, dropbear speaks it) and its public line."""
+    key = paramiko.ECDSAKey.generate(bits=256)
+    return key, f"{key.get_name()} {key.get_base64()}"
+
+
+def _host_key(public_line: str) -> paramiko.PKey:
+    key_type, data = public_line.split()[:2]
+    return paramiko.ECDSAKey(data=base64.b64decode(data)) if key_type.startswith("ecdsa") \
+        else paramiko.PKey.from_type_string(key_type, base64.b64decode(data))
+
+
+def quote_argv(argv: Union[str, Sequence[str]]) -> str:
+    """A guest command line: a list is quoted word by word; a str is a fixed script."""
+    return argv if isinstance(argv, str) else " ".join(shlex.quote(str(a)) for a in argv)
+
+
+class SshSession:
+    """One authenticated transport to the guest; commands run on channels of it."""
+
+    def __init__(self, client: paramiko.SSHClient, port: int):
+        self._client = client
+        self.port = port
+
+    @classmethod
+    def connect(cls, port: int, key: paramiko.PKey, host_key: str, timeout: float,
+                alive: Optional[Callable[[], bool]] = None) -> "SshSession":
+        """Connect, retrying until `timeout` (sshd may still be starting).
+
+        `alive` is polled between attempts so a dead QEMU ends the wait at once.
+        """
+        deadline = time.monotonic() + timeout
+        last: Exception = GuestError("no attempt made")
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():
+                raise GuestError("QEMU exited while connecting over SSH")
+            client = paramiko.SSHClient()
+            client.get_host_keys().add(f"[127.0.0.1]:{port}", host_key.split()[0], _host_key(host_key))
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                client.connect("127.0.0.1", port=port, username="root", pkey=key,
+                               timeout=5, banner_timeout=5, auth_timeout=5,
+                               allow_agent=False, look_for_keys=False)
+                client.get_transport().set_keepalive(5)  # type: ignore[union-attr]
+                return cls(client, port)
+            except paramiko.BadHostKeyException as e:
+                client.close()
+                raise GuestError(f"guest SSH host key does not match the initramfs's: {e}") from None
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                client.close()
+                last = e
+                time.sleep(0.05)
+        raise GuestError(f"SSH to 127.0.0.1:{port} failed for {timeout:.0f} s: {type(last).__name__}: {last}")
+
+    def run(self, argv: Union[str, Sequence[str]], timeout: float = 60.0,
+            stdin: Optional[bytes] = None) -> CommandResult:
+        command = quote_argv(argv)
+        start = time.monotonic()
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            raise GuestError(f"SSH connection lost before running: {command}")
+        try:
+            chan = transport.open_session(timeout=10)
+            chan.settimeout(timeout)
+            chan.exec_command(command)
+            if stdin is not None:
+                chan.sendall(stdin)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = start + timeout
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                elif time.monotonic() > deadline:
+                    chan.close()
+                    raise GuestError(f"guest command timed out after {timeout:.0f} s: {command}")
+                elif not transport.is_active():
+                    raise GuestError(f"SSH connection dropped while running: {command}")
+                else:
+                    select.select([chan], [], [], 0.2)
+            status = chan.recv_exit_status()
+            chan.close()
+        except (socket.timeout, paramiko.SSHException, OSError, EOFError) as e:
+            raise GuestError(f"SSH failed while running {command}: {type(e).__name__}: {e}") from None
+        return CommandResult(argv=command, exit_status=status,
+                             stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
+                             duration_s=time.monotonic() - start)
+
+    def interactive(self) -> int:
+        """A shell on the user's terminal until it exits; returns its exit status."""
+        import termios
+        import tty
+
+        transport = self._client.get_transport()
+        assert transport is not None
+        chan = transport.open_session()
+        size = os.get_terminal_size() if sys.stdin.isatty() else os.terminal_size((80, 24))
+        chan.get_pty(term=os.environ.get("TERM", "vt100"), width=size.columns, height=size.lines)
+        chan.invoke_shell()
+        fd = sys.stdin.fileno()
+        saved = termios.tcgetattr(fd) if sys.stdin.isatty() else None
+        try:
+            if saved is not None:
+                tty.setraw(fd)
+            while True:
+                readable, _, _ = select.select([chan, fd], [], [])
+                if chan in readable:
+                    data = chan.recv(4096)
+                    if not data:
+                        break
+                    os.write(sys.stdout.fileno(), data)
+                if fd in readable:
+                    data = os.read(fd, 4096)
+                    if not data:
+                        chan.shutdown_write()
+                    else:
+                        chan.sendall(data)
+        finally:
+            if saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        return chan.recv_exit_status()
+
+    @property
+    def active(self) -> bool:
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,115 @@
+"""Config loading: each bad input gives its exact message."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.config import Config, load_config, parse_config, with_overrides
+from harness.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+KNOWN = {"smoke", "other"}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_default_config_is_6_1_with_every_scenario():
+    from harness.scenarios import SCENARIOS
+    c = load_config(REPO / "configs" / "default.yaml", known_scenarios=SCENARIOS)
+    assert [k.text for k in c.kernels] == ["debian:6.1"]
+    assert c.machine.cpus == 2 and c.machine.memory_mib == 2048 and c.machine.accel == "auto"
+    assert {s.name for s in c.scenarios} == set(SCENARIOS)
+
+
+def test_matrix_config_has_6_1_and_6_12():
+    from harness.scenarios import SCENARIOS
+    c = load_config(REPO / "configs" / "matrix.yaml", known_scenarios=SCENARIOS)
+    assert [k.series for k in c.kernels] == ["6.1", "6.12"]
+
+
+def test_full_config_parses_into_frozen_dataclasses(tmp_path):
+    c = load_config(write(tmp_path, """
+kernels: [debian:6.12, "tree:/src/linux"]
+machine: {cpus: 4, memory: 1536M, accel: tcg, boot_timeout: 30, kvm_watchdog: 5, cmdline: "nokaslr"}
+scenarios: [smoke, {name: other, timeout: 12.5}]
+seed: 7
+"""), known_scenarios=KNOWN)
+    assert isinstance(c, Config)
+    assert c.machine.memory_mib == 1536 and c.machine.boot_timeout_s == 30.0 and c.machine.cmdline == "nokaslr"
+    assert c.scenarios[1].timeout_s == 12.5 and c.seed == 7
+    assert c.kernels[1].kind == "tree" and str(c.kernels[1].path) == "/src/linux"
+    with pytest.raises(AttributeError):
+        c.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachin: {}\n",
+     "unknown key 'machin'; valid keys: kernels, machine, scenarios, seed"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cpu: 2}\n",
+     "unknown key 'machine.cpu'; valid keys in machine: accel, boot_timeout, cmdline, cpus, kvm_watchdog, memory"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {memory: 2X}\n",
+     "machine.memory: '2X' is not valid; expected a size such as 512M or 2G"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {memory: 64M}\n",
+     "machine.memory: '64M' is not valid; the guest needs at least 256M"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {accel: xen}\n",
+     "machine.accel: 'xen' is not valid; expected one of auto, kvm, tcg"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cpus: 0}\n",
+     "machine.cpus: 0 is not valid; expected an integer from 1 to 64"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {boot_timeout: -1}\n",
+     "machine.boot_timeout: -1 is not valid; expected a positive number of seconds"),
+    ("kernels: [debian:6.1]\nscenarios: [nosuch]\n",
+     "scenarios[0]: unknown scenario 'nosuch'; valid scenarios: other, smoke"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timout: 3}]\n",
+     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: name, timeout"),
+    ("kernels: [debian:sid]\nscenarios: [smoke]\n",
+     "kernels[0]: kernel spec 'debian:sid': 'sid' is not a Debian kernel series (like 6.1) or version "
+     "(like 6.1.0-56 or 6.12.117+deb12)"),
+    ("kernels: []\nscenarios: [smoke]\n", "kernels: expected a non-empty list"),
+    ("scenarios: [smoke]\n", "missing key 'kernels'"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nseed: -1\n",
+     "seed: -1 is not valid; expected an integer from 0 to 4294967295"),
+    ("- just\n- a list\n", "top level: expected a mapping of keys, got list"),
+])
+def test_bad_values_name_their_key_path(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, known_scenarios=KNOWN)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^config file .*/nope.yaml does not exist$"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = write(tmp_path, "kernels: [debian:6.1\nscenarios: [smoke]\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: YAML syntax error at line ")
+    assert "\n" not in str(e.value)
+
+
+def test_memory_forms():
+    for value, mib in (("2G", 2048), ("2GiB", 2048), ("512M", 512), ("512MB", 512), (1024, 1024)):
+        c = parse_config({"kernels": ["debian:6.1"], "scenarios": ["smoke"], "machine": {"memory": value}})
+        assert c.machine.memory_mib == mib
+
+
+def test_overrides_validate_and_keep_scenario_knobs():
+    base = parse_config({"kernels": ["debian:6.1"], "scenarios": [{"name": "smoke", "timeout": 9}]},
+                        known_scenarios=KNOWN)
+    c = with_overrides(base, kernels=["debian:6.12"], scenarios=["smoke", "other"], seed=5, accel="tcg",
+                       known_scenarios=KNOWN)
+    assert c.kernels[0].series == "6.12" and c.seed == 5 and c.machine.accel == "tcg"
+    assert [(s.name, s.timeout_s) for s in c.scenarios] == [("smoke", 9.0), ("other", 300.0)]
+    with pytest.raises(ConfigError, match="--scenario: unknown scenario 'bad'"):
+        with_overrides(base, scenarios=["bad"], known_scenarios=KNOWN)
+    with pytest.raises(ConfigError, match="^--kernel: kernel spec 'x' has no kind"):
+        with_overrides(base, kernels=["x"])
+    with pytest.raises(ConfigError, match="^--accel: 'vmware' is not valid"):
+        with_overrides(base, accel="vmware")

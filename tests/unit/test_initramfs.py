@@ -1,0 +1,84 @@
+"""The initramfs inputs hash, module selection and the image release reader."""
+
+import struct
+
+import pytest
+
+from harness.artifacts import initramfs as ir
+from harness.artifacts.kernel import read_image_release
+from harness.artifacts.modules import ModuleIndex
+from harness.errors import ArtifactError
+from tests.unit.fake_modules import make_module, make_module_tree
+
+REL = "6.1.0-test"
+
+needs_host_tools = pytest.mark.skipif(not (ir.BUSYBOX.exists() and ir.DROPBEAR.exists()),
+                                      reason="busybox-static and dropbear-bin are not installed (make setup)")
+
+
+@needs_host_tools
+def test_digest_is_stable_and_follows_every_input(tmp_path):
+    mods = make_module_tree(tmp_path / "mods", REL)
+    first = ir.make_manifest(REL, mods).digest()
+    assert ir.make_manifest(REL, mods).digest() == first
+    # a module's content
+    make_module(mods / "kernel" / "virt/lib/irqbypass.ko", vermagic=f"{REL} SMP", depends="")
+    changed = ir.make_manifest(REL, mods).digest()
+    assert changed != first
+    # an extra guest file
+    extra = tmp_path / "tool"
+    extra.write_text("#!/bin/sh\n")
+    with_extra = ir.make_manifest(REL, mods, extra_files={"opt/nh/tool": extra}).digest()
+    assert with_extra != changed
+    extra.write_text("#!/bin/sh\necho changed\n")
+    assert ir.make_manifest(REL, mods, extra_files={"opt/nh/tool": extra}).digest() != with_extra
+
+
+@needs_host_tools
+def test_manifest_layout(tmp_path):
+    man = ir.make_manifest(REL, make_module_tree(tmp_path / "mods", REL, xz=True))
+    assert man.symlinks["init"] == "bin/busybox"
+    assert man.files["etc/init.d/rcS"].name == "rcS"
+    assert man.texts["etc/nh/boot-modules"].split() == [
+        "virtio_ring", "virtio", "virtio_pci", "failover", "net_failover", "virtio_net"]
+    dep = man.texts[f"lib/modules/{REL}/modules.dep"]
+    assert "kernel/kvm_amd.ko: kernel/kvm.ko kernel/irqbypass.ko" in dep.splitlines()
+    assert f"lib/modules/{REL}/kernel/kvm_amd.ko" in man.modules
+
+
+def test_module_for_another_release_is_refused(tmp_path):
+    mods = make_module_tree(tmp_path / "mods", "6.1.0-other")
+    index = ModuleIndex.scan(mods)
+    with pytest.raises(ArtifactError, match="was built for 6.1.0-other, not 6.1.0-test"):
+        ir.select_modules(index, ir.read_builtin(mods), REL)
+
+
+def test_kernel_without_network_driver_is_refused(tmp_path):
+    make_module(tmp_path / "mods" / "kernel" / "x.ko", vermagic=f"{REL} SMP")
+    (tmp_path / "mods" / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    index = ModuleIndex.scan(tmp_path / "mods")
+    with pytest.raises(ArtifactError, match="no virtio_net module"):
+        ir.select_modules(index, ir.read_builtin(tmp_path / "mods"), REL)
+
+
+def bzimage(version: bytes) -> bytes:
+    image = bytearray(0x1000)
+    image[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", image, 0x20E, 0x300)
+    image[0x500:0x500 + len(version) + 1] = version + b"\0"
+    return bytes(image)
+
+
+def test_image_release(tmp_path):
+    path = tmp_path / "bzImage"
+    path.write_bytes(bzimage(b"6.1.0-56-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP"))
+    assert read_image_release(path) == "6.1.0-56-cloud-amd64"
+
+
+def test_image_that_is_not_a_bzimage(tmp_path):
+    path = tmp_path / "vmlinux"
+    path.write_bytes(b"\x7fELF" + bytes(0x400))
+    with pytest.raises(ArtifactError, match="not an x86 bzImage"):
+        read_image_release(path)
+    with pytest.raises(ArtifactError, match="cannot read kernel image"):
+        read_image_release(tmp_path / "missing")
