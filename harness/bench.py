@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from harness.artifacts.cache import cache_root
-from harness.artifacts.initramfs import build_floor_initramfs, build_initramfs, make_manifest
-from harness.artifacts.kernel import resolve_kernel
+from harness.artifacts.initramfs import build_floor_initramfs
+from harness.artifacts.prepare import prepare
 from harness.config import Config
 from harness.errors import MachineError
 from harness.runner import Run, new_run_dir
 from harness.vm.accel import choose_accel, probe_host
-from harness.vm.machine import BootImage, Machine, free_port
+from harness.vm.machine import Machine, free_port
 from harness.vm.qemu_args import QemuPlan, qemu_argv
 from harness.vm.ssh import make_run_key
 
@@ -51,8 +51,8 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     _, pub = make_run_key()
     figures: dict[str, dict[str, object]] = {}
     for spec in config.kernels:
-        kernel = resolve_kernel(spec, cache)
-        initramfs = build_initramfs(make_manifest(kernel.release, kernel.modules_dir), cache)
+        prepared = prepare(spec, cache)
+        kernel = prepared.kernel
         with tempfile.TemporaryDirectory(prefix="notifier-harness-bench-") as tmp:
             plan = QemuPlan(qemu="qemu-system-x86_64", kernel=kernel.image, initrd=floor_initrd,
                             accel=accel.accel, cpus=config.machine.cpus, memory_mib=config.machine.memory_mib,
@@ -60,9 +60,8 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
                             extra_cmdline=config.machine.cmdline)
             floors = [_floor_once(plan, config.machine.boot_timeout_s) for _ in range(repeats)]
         boots = []
-        image = BootImage(kernel=kernel.image, initrd=initramfs.path, host_key=initramfs.host_key)
         for i in range(repeats):
-            with Machine(image, config.machine, accel, out / kernel.release / f"boot{i}", log=log) as m:
+            with Machine(prepared.image, config.machine, accel, out / kernel.release / f"boot{i}", log=log) as m:
                 boots.append(m.boot_s)
         floor, boot = statistics.median(floors), statistics.median(boots)
         figures[kernel.release] = {"floor_s": floors, "harness_boot_s": boots, "floor_median_s": floor,

@@ -49,22 +49,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from harness.artifacts.cache import cache_root
-    from harness.artifacts.initramfs import build_initramfs, make_manifest
-    from harness.artifacts.kernel import resolve_kernel
+    from harness.artifacts.prepare import prepare
     from harness.runner import new_run_dir
     from harness.vm.accel import choose_accel, probe_host
-    from harness.vm.machine import BootImage, Machine
+    from harness.vm.machine import Machine
 
     config = _load(args)
-    spec = config.kernels[0]
-    cache = cache_root()
-    kernel = resolve_kernel(spec, cache)
-    initramfs = build_initramfs(make_manifest(kernel.release, kernel.modules_dir), cache)
+    prepared = prepare(config.kernels[0], cache_root())
+    kernel = prepared.kernel
     accel = choose_accel(config.machine.accel, probe_host())
     _log(f"accel: {accel.accel} ({accel.reason})")
     out = Path(args.out) if args.out else new_run_dir()
-    image = BootImage(kernel=kernel.image, initrd=initramfs.path, host_key=initramfs.host_key)
-    with Machine(image, config.machine, accel, out, log=_log) as machine:
+    with Machine(prepared.image, config.machine, accel, out, log=_log) as machine:
         _log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used}); "
              f"console log: {out / 'console.log'}")
         if args.command:

@@ -36,12 +36,17 @@ class MachineConfig:
     cmdline: str = ""  # extra kernel command line, appended
 
 
+PROBE_CORRUPTIONS = ("off", "drop-end", "shrink-range")
+
+
 @dataclass(frozen=True)
 class ScenarioConfig:
     """One scenario to run, with its own knobs."""
 
     name: str
     timeout_s: float = 300.0
+    # Debug: load the probe with its stream corruption on, to show the oracle catches it.
+    probe_corrupt: str = "off"
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,8 @@ class Config:
                 "kvm_watchdog": self.machine.kvm_watchdog_s,
                 "cmdline": self.machine.cmdline,
             },
-            "scenarios": [{"name": s.name, "timeout": s.timeout_s} for s in self.scenarios],
+            "scenarios": [{"name": s.name, "timeout": s.timeout_s, "probe_corrupt": s.probe_corrupt}
+                          for s in self.scenarios],
             "seed": self.seed,
         }
 
@@ -146,8 +152,17 @@ _MACHINE_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "cmdline": ("cmdline", _cmdline),
 }
 
+def _one_of(choices: Sequence[str]) -> Callable[[Any, str], str]:
+    def parse(value: Any, path: str) -> str:
+        if value not in choices:
+            raise _fail(path, value, f"expected one of {', '.join(choices)}")
+        return str(value)
+    return parse
+
+
 _SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "timeout": ("timeout_s", _seconds),
+    "probe_corrupt": ("probe_corrupt", _one_of(PROBE_CORRUPTIONS)),
 }
 
 _TOP_KEYS = ("kernels", "machine", "scenarios", "seed")

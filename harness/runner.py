@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from harness import __version__
 from harness.artifacts.cache import cache_root
-from harness.artifacts.initramfs import build_initramfs, make_manifest
-from harness.artifacts.kernel import Kernel, resolve_kernel
+from harness.artifacts.kernel import Kernel
+from harness.artifacts.prepare import prepare
 from harness.config import Config, ScenarioConfig
 from harness.errors import HarnessError
 from harness.guest import Guest
@@ -25,7 +25,7 @@ from harness.kernelspec import KernelSpec
 from harness.report import write_reports
 from harness.scenarios import SCENARIOS, ScenarioContext
 from harness.vm.accel import AccelChoice, choose_accel, probe_host
-from harness.vm.machine import BootImage, Machine
+from harness.vm.machine import Machine
 from harness.verdict import Result, Verdict
 
 Log = Callable[[str], None]
@@ -86,20 +86,18 @@ class Run:
         info: dict[str, Any] = {"spec": spec.text}
         self.kernels.append(info)
         try:
-            cache = cache_root()
-            kernel = resolve_kernel(spec, cache)
-            initramfs = build_initramfs(make_manifest(kernel.release, kernel.modules_dir), cache)
+            prepared = prepare(spec, cache_root())
         except HarnessError as e:
             self.log(f"kernel {spec.text}: {e}")
             self._error_rows(spec.text, spec, accel.accel, pending, f"kernel {spec.text}: {e}")
             return
+        kernel, initramfs = prepared.kernel, prepared.initramfs
         info.update(release=kernel.release, image=str(kernel.image),
                     initramfs=str(initramfs.path), initramfs_digest=initramfs.digest)
         self.log(f"kernel {spec.text}: {kernel.release}; initramfs "
                  f"{'built' if initramfs.built else 'cached'} {initramfs.digest[:12]}")
         kdir = self.out_dir / _safe(kernel.release)
-        image = BootImage(kernel=kernel.image, initrd=initramfs.path, host_key=initramfs.host_key)
-        machine = Machine(image, self.config.machine, accel, kdir, qemu=self.qemu, log=self.log)
+        machine = Machine(prepared.image, self.config.machine, accel, kdir, qemu=self.qemu, log=self.log)
         try:
             with machine:
                 info.update(accel=machine.accel_used, accel_reason=machine.accel_reason,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from harness.scenarios.base import Scenario, ScenarioContext
+from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
 from harness.scenarios.smoke import Smoke
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (Smoke(),)}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease())}
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]

@@ -14,10 +14,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from harness.artifacts.boot_image import BootImage
 from harness.config import MachineConfig
 from harness.errors import BootTimeout, GuestError, MachineError
 from harness.vm.accel import AccelChoice
@@ -29,15 +29,6 @@ from harness.vm.ssh import SshSession, make_run_key
 DEFAULT_QEMU = "qemu-system-x86_64"
 POWERDOWN_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class BootImage:
-    """What to boot: a kernel image and an initramfs whose sshd key is known."""
-
-    kernel: Path
-    initrd: Path
-    host_key: str
 
 
 def free_port() -> int:

@@ -21,9 +21,13 @@ from harness.errors import GuestError
 class CommandResult:
     argv: str
     exit_status: int
-    stdout: str
+    stdout_bytes: bytes
     stderr: str
     duration_s: float
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode(errors="replace")
 
     @property
     def ok(self) -> bool:
@@ -119,7 +123,7 @@ class SshSession:
         except (socket.timeout, paramiko.SSHException, OSError, EOFError) as e:
             raise GuestError(f"SSH failed while running {command}: {type(e).__name__}: {e}") from None
         return CommandResult(argv=command, exit_status=status,
-                             stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
+                             stdout_bytes=bytes(out), stderr=err.decode(errors="replace"),
                              duration_s=time.monotonic() - start)
 
     def interactive(self) -> int:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from harness.artifacts.cache import cache_root
-from harness.artifacts.initramfs import Initramfs, build_initramfs, make_manifest
-from harness.artifacts.kernel import Kernel, resolve_kernel
+from harness.artifacts.prepare import Prepared, prepare
 from harness.config import MachineConfig
 from harness.kernelspec import parse_kernel_spec
 from harness.vm.accel import AccelChoice
-from harness.vm.machine import BootImage
 
 SERIES = ("6.1", "6.12")
 TCG = AccelChoice("tcg", "guest tests run under TCG", watchdog=False)
@@ -28,26 +25,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.guest)
 
 
-@dataclass(frozen=True)
-class Booted:
-    kernel: Kernel
-    initramfs: Initramfs
-
-    @property
-    def image(self) -> BootImage:
-        return BootImage(kernel=self.kernel.image, initrd=self.initramfs.path, host_key=self.initramfs.host_key)
-
-
 @pytest.fixture(scope="session")
-def kernels() -> dict[str, Booted]:
+def kernels() -> dict[str, Prepared]:
     if shutil.which("qemu-system-x86_64") is None:
         pytest.skip("qemu-system-x86_64 is not installed; `make test` installs it (qemu-system-x86)")
     cache = cache_root()
-    out = {}
-    for series in SERIES:
-        kernel = resolve_kernel(parse_kernel_spec(f"debian:{series}"), cache)
-        out[series] = Booted(kernel, build_initramfs(make_manifest(kernel.release, kernel.modules_dir), cache))
-    return out
+    return {series: prepare(parse_kernel_spec(f"debian:{series}"), cache) for series in SERIES}
 
 
 @pytest.fixture

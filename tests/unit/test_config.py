@@ -64,7 +64,9 @@ seed: 7
     ("kernels: [debian:6.1]\nscenarios: [nosuch]\n",
      "scenarios[0]: unknown scenario 'nosuch'; valid scenarios: other, smoke"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timout: 3}]\n",
-     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: name, timeout"),
+     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: name, probe_corrupt, timeout"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: smoke, probe_corrupt: yes}]\n",
+     "scenarios[0].probe_corrupt: True is not valid; expected one of off, drop-end, shrink-range"),
     ("kernels: [debian:sid]\nscenarios: [smoke]\n",
      "kernels[0]: kernel spec 'debian:sid': 'sid' is not a Debian kernel series (like 6.1) or version "
      "(like 6.1.0-56 or 6.12.117+deb12)"),

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * nh_probe: the private uapi between the notifier-harness probe module and
+ * its userspace (nhctl, the workloads, and the Python parser in
+ * harness/events.py, which states this layout once and is checked against
+ * this header by a unit test).  Not an exported kernel uapi: it lives with
+ * the module, as lib/test_hmm_uapi.h does with test_hmm.
+ *
+ * Every enum reserves 0 as "unset" so a zeroed record is recognisably empty.
+ */
+#ifndef NH_PROBE_H
+#define NH_PROBE_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define NH_PROBE_ABI_VERSION	1
+#define NH_PROBE_DEVICE		"/dev/nh_probe"
+
+/* Which callback produced a record. */
+enum nh_callback {
+	NH_CB_UNSET = 0,
+	NH_CB_START = 1,		/* invalidate_range_start */
+	NH_CB_END = 2,			/* invalidate_range_end */
+	NH_CB_INVALIDATE_RANGE = 3,	/* invalidate_range (<= 6.5) */
+	NH_CB_ARCH_INVALIDATE = 4,	/* arch_invalidate_secondary_tlbs (>= 6.6) */
+	NH_CB_CLEAR_FLUSH_YOUNG = 5,
+	NH_CB_CLEAR_YOUNG = 6,
+	NH_CB_TEST_YOUNG = 7,
+	NH_CB_CHANGE_PTE = 8,		/* change_pte (<= 6.9) */
+	NH_CB_RELEASE = 9,
+	NH_CB_INTERVAL_INVALIDATE = 10,	/* mmu_interval_notifier_ops.invalidate */
+	NH_CB_COUNT
+};
+
+/* enum mmu_notifier_event + 1, so that 0 stays "unset". */
+enum nh_event {
+	NH_EV_UNSET = 0,
+	NH_EV_UNMAP = 1,
+	NH_EV_CLEAR = 2,
+	NH_EV_PROTECTION_VMA = 3,
+	NH_EV_PROTECTION_PAGE = 4,
+	NH_EV_SOFT_DIRTY = 5,
+	NH_EV_RELEASE = 6,
+	NH_EV_MIGRATE = 7,
+	NH_EV_EXCLUSIVE = 8,
+};
+
+/* nh_record.flags */
+#define NH_REC_BLOCKABLE	(1u << 0)	/* range flags had MMU_NOTIFIER_RANGE_BLOCKABLE */
+#define NH_REC_FAILED		(1u << 1)	/* the callback returned an error */
+#define NH_REC_CORRUPTED	(1u << 2)	/* never set: corruption must be found by the oracle */
+
+/* nh_record.subscriber */
+enum nh_subscriber {
+	NH_SUB_UNSET = 0,
+	NH_SUB_PRIMARY = 1,		/* the mmu_notifier ATTACH registered */
+	NH_SUB_INTERVAL = 2,		/* the interval notifier of NH_ATTACH_INTERVAL */
+	NH_SUB_TLB = 3,			/* the arch_invalidate_secondary_tlbs-only notifier */
+};
+
+/* One callback, as read() returns it.  64 bytes, no implicit padding. */
+struct nh_record {
+	__u64 seq;		/* (out) 1, 2, 3, ... in the order callbacks ran */
+	__u64 time_ns;		/* (out) ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 start;		/* (out) range start, or the address of test_young/change_pte */
+	__u64 end;		/* (out) range end (exclusive); 0 for single-address callbacks */
+	__u32 callback;		/* (out) enum nh_callback */
+	__u32 event;		/* (out) enum nh_event; NH_EV_UNSET where the callback has none */
+	__u32 flags;		/* (out) NH_REC_* */
+	__s32 ret;		/* (out) what the callback returned (young: 0/1; start: 0/-errno) */
+	__u32 cpu;		/* (out) raw_smp_processor_id() */
+	__u32 pid;		/* (out) current->pid: the task that caused the callback */
+	__u32 subscriber;	/* (out) enum nh_subscriber */
+	__u32 reserved;		/* (out) 0 */
+};
+
+/* nh_attach.flags */
+#define NH_ATTACH_HOLD_MM	(1u << 0)	/* mmget() the mm until DETACH (exit_mmap waits) */
+#define NH_ATTACH_INTERVAL	(1u << 1)	/* also insert an interval notifier over [ival_start, ival_end) */
+#define NH_ATTACH_TLB		(1u << 2)	/* also register an arch_invalidate_secondary_tlbs notifier (>= 6.6) */
+#define NH_ATTACH_ALL_FLAGS	(NH_ATTACH_HOLD_MM | NH_ATTACH_INTERVAL | NH_ATTACH_TLB)
+
+struct nh_attach {
+	__u32 abi_version;	/* (in) NH_PROBE_ABI_VERSION */
+	__u32 pid;		/* (in) process whose mm to watch */
+	__u32 record_mask;	/* (in) bit (1 << enum nh_callback) per callback to record; 0 = all */
+	__u32 flags;		/* (in) NH_ATTACH_* */
+	__u64 ival_start;	/* (in) interval notifier range, with NH_ATTACH_INTERVAL */
+	__u64 ival_end;		/* (in) exclusive */
+	__u32 record_size;	/* (out) sizeof(struct nh_record) in the module */
+	__u32 ring_records;	/* (out) ring capacity in records */
+};
+
+struct nh_stats {
+	__u64 written;		/* (out) records appended to the ring since ATTACH */
+	__u64 dropped;		/* (out) records lost because the ring was full */
+	__u64 read;		/* (out) records returned by read() */
+	__u32 attached_pid;	/* (out) 0 when detached */
+	__u32 reserved;		/* (out) 0 */
+};
+
+#define NH_IOC_ATTACH	_IOWR('N', 0x01, struct nh_attach)
+#define NH_IOC_DETACH	_IO('N', 0x02)
+#define NH_IOC_STATS	_IOR('N', 0x03, struct nh_stats)
+
+#endif /* NH_PROBE_H */

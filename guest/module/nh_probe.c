@@ -1,0 +1,470 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * nh_probe: records every mmu_notifier callback on one process's mm.
+ *
+ * A root-only misc device.  NH_IOC_ATTACH registers an mmu_notifier (and,
+ * on request, an interval notifier and an arch_invalidate_secondary_tlbs
+ * notifier) on a pid's mm; each callback appends a fixed-size record to a
+ * ring that read() drains.  A full ring counts drops and never overwrites:
+ * the harness reports drops, nothing is lost silently.
+ *
+ * Callbacks run in atomic context (under page table locks, in the OOM
+ * reaper), so the ring is a spinlock and an array allocated at attach; no
+ * callback sleeps or allocates.
+ *
+ * Debug option `corrupt` (off by default) damages the stream on purpose so
+ * the oracle can be shown to catch it: 1 drops the first invalidate_range_end
+ * of the attached task, 2 shrinks the range of its first invalidate_range_start.
+ */
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/mmu_notifier.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pid.h>
+#include <linux/sched/mm.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/version.h>
+#include <linux/vmalloc.h>
+
+#include "nh_probe.h"
+
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 6, 0)
+#define NH_HAVE_INVALIDATE_RANGE 1	/* renamed arch_invalidate_secondary_tlbs in 6.6 */
+#else
+#define NH_HAVE_ARCH_INVALIDATE 1
+#endif
+#if LINUX_VERSION_CODE < KERNEL_VERSION(6, 10, 0)
+#define NH_HAVE_CHANGE_PTE 1		/* removed in 6.10 */
+#endif
+
+enum nh_corrupt { NH_CORRUPT_NONE = 0, NH_CORRUPT_DROP_END = 1, NH_CORRUPT_SHRINK_RANGE = 2 };
+
+static int corrupt;
+module_param(corrupt, int, 0444);
+MODULE_PARM_DESC(corrupt, "debug: 1 drops one invalidate_range_end, 2 shrinks one range (default 0: off)");
+
+static unsigned int ring_records = 1 << 16;
+module_param(ring_records, uint, 0444);
+MODULE_PARM_DESC(ring_records, "ring capacity in records");
+
+/* Read-only facts for the harness and the workloads. */
+static int abi_version = NH_PROBE_ABI_VERSION;
+module_param(abi_version, int, 0444);
+static int record_size = sizeof(struct nh_record);
+module_param(record_size, int, 0444);
+static int attached_pid;	/* workloads poll this to start once attached */
+module_param(attached_pid, int, 0444);
+
+#define NH_ALL_CALLBACKS (((1u << NH_CB_COUNT) - 1) & ~1u)
+
+static struct nh_state {
+	struct mutex lock;		/* attach, detach, read */
+	spinlock_t ring_lock;		/* the ring and its counters */
+	struct nh_record *ring;
+	u64 head, tail;			/* records written / read, ring index = n % ring_records */
+	u64 seq, dropped;
+	u32 mask;
+	pid_t pid;
+	bool recording;
+	bool corrupted;			/* the one corruption has been done */
+	struct mm_struct *mm;		/* mmgrab()ed while attached */
+	bool held;			/* mmget()ed with NH_ATTACH_HOLD_MM */
+	struct mmu_notifier sub;
+	bool sub_registered;
+	struct mmu_interval_notifier isub;
+	bool isub_inserted;
+	struct mmu_notifier tlb_sub;
+	bool tlb_registered;
+} st;
+
+static void nh_record(u32 callback, u32 event, u64 start, u64 end, u32 flags, s32 ret, u32 subscriber)
+{
+	struct nh_record *rec;
+	unsigned long irqflags;
+
+	if (!READ_ONCE(st.recording) || !(st.mask & (1u << callback)))
+		return;
+	if (corrupt && current->pid == st.pid) {
+		/* Exactly once, and never marked: the oracle must find it alone. */
+		if (corrupt == NH_CORRUPT_DROP_END && callback == NH_CB_END && !xchg(&st.corrupted, true))
+			return;
+		if (corrupt == NH_CORRUPT_SHRINK_RANGE && callback == NH_CB_START && end - start > PAGE_SIZE &&
+		    !xchg(&st.corrupted, true))
+			end -= PAGE_SIZE;
+	}
+	spin_lock_irqsave(&st.ring_lock, irqflags);
+	if (st.head - st.tail >= ring_records) {
+		st.dropped++;
+		spin_unlock_irqrestore(&st.ring_lock, irqflags);
+		return;
+	}
+	rec = &st.ring[st.head % ring_records];
+	*rec = (struct nh_record) {
+		.seq = ++st.seq,
+		.time_ns = ktime_get_ns(),
+		.start = start,
+		.end = end,
+		.callback = callback,
+		.event = event,
+		.flags = flags,
+		.ret = ret,
+		.cpu = raw_smp_processor_id(),
+		.pid = current->pid,
+		.subscriber = subscriber,
+	};
+	st.head++;
+	spin_unlock_irqrestore(&st.ring_lock, irqflags);
+}
+
+static u32 nh_range_flags(const struct mmu_notifier_range *range)
+{
+	return mmu_notifier_range_blockable(range) ? NH_REC_BLOCKABLE : 0;
+}
+
+static int nh_invalidate_range_start(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
+{
+	nh_record(NH_CB_START, range->event + 1, range->start, range->end, nh_range_flags(range), 0,
+		  NH_SUB_PRIMARY);
+	return 0;
+}
+
+static void nh_invalidate_range_end(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
+{
+	nh_record(NH_CB_END, range->event + 1, range->start, range->end, nh_range_flags(range), 0,
+		  NH_SUB_PRIMARY);
+}
+
+#ifdef NH_HAVE_INVALIDATE_RANGE
+static void nh_invalidate_range(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
+				unsigned long end)
+{
+	nh_record(NH_CB_INVALIDATE_RANGE, NH_EV_UNSET, start, end, 0, 0, NH_SUB_PRIMARY);
+}
+#endif
+
+#ifdef NH_HAVE_CHANGE_PTE
+static void nh_change_pte(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long address, pte_t pte)
+{
+	nh_record(NH_CB_CHANGE_PTE, NH_EV_UNSET, address, 0, 0, 0, NH_SUB_PRIMARY);
+}
+#endif
+
+/* Young callbacks answer "not young": this probe maps nothing of its own. */
+static int nh_clear_flush_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
+				unsigned long end)
+{
+	nh_record(NH_CB_CLEAR_FLUSH_YOUNG, NH_EV_UNSET, start, end, 0, 0, NH_SUB_PRIMARY);
+	return 0;
+}
+
+static int nh_clear_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
+			  unsigned long end)
+{
+	nh_record(NH_CB_CLEAR_YOUNG, NH_EV_UNSET, start, end, 0, 0, NH_SUB_PRIMARY);
+	return 0;
+}
+
+static int nh_test_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long address)
+{
+	nh_record(NH_CB_TEST_YOUNG, NH_EV_UNSET, address, 0, 0, 0, NH_SUB_PRIMARY);
+	return 0;
+}
+
+static void nh_release(struct mmu_notifier *sub, struct mm_struct *mm)
+{
+	nh_record(NH_CB_RELEASE, NH_EV_UNSET, 0, 0, 0, 0, NH_SUB_PRIMARY);
+}
+
+static const struct mmu_notifier_ops nh_ops = {
+	.invalidate_range_start = nh_invalidate_range_start,
+	.invalidate_range_end = nh_invalidate_range_end,
+#ifdef NH_HAVE_INVALIDATE_RANGE
+	.invalidate_range = nh_invalidate_range,
+#endif
+#ifdef NH_HAVE_CHANGE_PTE
+	.change_pte = nh_change_pte,
+#endif
+	.clear_flush_young = nh_clear_flush_young,
+	.clear_young = nh_clear_young,
+	.test_young = nh_test_young,
+	.release = nh_release,
+};
+
+#ifdef NH_HAVE_ARCH_INVALIDATE
+/* A notifier of its own: combined with start/end, registration fails (-EINVAL). */
+static void nh_arch_invalidate(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
+			       unsigned long end)
+{
+	nh_record(NH_CB_ARCH_INVALIDATE, NH_EV_UNSET, start, end, 0, 0, NH_SUB_TLB);
+}
+
+static const struct mmu_notifier_ops nh_tlb_ops = {
+	.arch_invalidate_secondary_tlbs = nh_arch_invalidate,
+};
+#endif
+
+static bool nh_interval_invalidate(struct mmu_interval_notifier *isub, const struct mmu_notifier_range *range,
+				   unsigned long cur_seq)
+{
+	nh_record(NH_CB_INTERVAL_INVALIDATE, range->event + 1, range->start, range->end, nh_range_flags(range),
+		  1, NH_SUB_INTERVAL);
+	mmu_interval_set_seq(isub, cur_seq);
+	return true;
+}
+
+static const struct mmu_interval_notifier_ops nh_interval_ops = {
+	.invalidate = nh_interval_invalidate,
+};
+
+/* Undo an attachment; the caller holds st.lock. */
+static void nh_detach(void)
+{
+	struct mm_struct *mm = st.mm;
+
+	if (!mm)
+		return;
+	/*
+	 * Drop the hold first: when it is the last user, exit_mmap runs here and
+	 * the notifiers see release as a real exit would show it.
+	 */
+	if (st.held) {
+		st.held = false;
+		mmput(mm);
+	}
+	if (st.isub_inserted) {
+		mmu_interval_notifier_remove(&st.isub);
+		st.isub_inserted = false;
+	}
+#ifdef NH_HAVE_ARCH_INVALIDATE
+	if (st.tlb_registered) {
+		mmu_notifier_unregister(&st.tlb_sub, mm);
+		st.tlb_registered = false;
+	}
+#endif
+	if (st.sub_registered) {
+		mmu_notifier_unregister(&st.sub, mm);
+		st.sub_registered = false;
+	}
+	WRITE_ONCE(st.recording, false);
+	st.mm = NULL;
+	st.pid = 0;
+	WRITE_ONCE(attached_pid, 0);
+	mmdrop(mm);
+}
+
+static long nh_attach(struct nh_attach __user *uarg)
+{
+	struct nh_attach req;
+	struct task_struct *task;
+	struct mm_struct *mm;
+	unsigned long irqflags;
+	int ret;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.abi_version != NH_PROBE_ABI_VERSION)
+		return -EPROTO;
+	if (req.flags & ~NH_ATTACH_ALL_FLAGS || req.record_mask & ~NH_ALL_CALLBACKS || !req.pid)
+		return -EINVAL;
+	if (req.flags & NH_ATTACH_INTERVAL &&
+	    (req.ival_start >= req.ival_end || !PAGE_ALIGNED(req.ival_start) || !PAGE_ALIGNED(req.ival_end)))
+		return -EINVAL;
+#ifndef NH_HAVE_ARCH_INVALIDATE
+	if (req.flags & NH_ATTACH_TLB)
+		return -EOPNOTSUPP;
+#endif
+	if (st.mm)
+		return -EBUSY;
+
+	task = get_pid_task(find_vpid(req.pid), PIDTYPE_PID);
+	if (!task)
+		return -ESRCH;
+	mm = get_task_mm(task);	/* NULL for kernel threads and exiting tasks */
+	put_task_struct(task);
+	if (!mm)
+		return -ESRCH;
+
+	spin_lock_irqsave(&st.ring_lock, irqflags);
+	st.head = st.tail = st.seq = st.dropped = 0;
+	spin_unlock_irqrestore(&st.ring_lock, irqflags);
+	st.mask = req.record_mask ? req.record_mask : NH_ALL_CALLBACKS;
+	st.corrupted = false;
+	st.pid = req.pid;
+	mmgrab(mm);
+	st.mm = mm;
+	WRITE_ONCE(st.recording, true);
+
+	st.sub.ops = &nh_ops;
+	ret = mmu_notifier_register(&st.sub, mm);
+	if (ret)
+		goto fail;
+	st.sub_registered = true;
+	if (req.flags & NH_ATTACH_INTERVAL) {
+		ret = mmu_interval_notifier_insert(&st.isub, mm, req.ival_start, req.ival_end - req.ival_start,
+						   &nh_interval_ops);
+		if (ret)
+			goto fail;
+		st.isub_inserted = true;
+	}
+#ifdef NH_HAVE_ARCH_INVALIDATE
+	if (req.flags & NH_ATTACH_TLB) {
+		st.tlb_sub.ops = &nh_tlb_ops;
+		ret = mmu_notifier_register(&st.tlb_sub, mm);
+		if (ret)
+			goto fail;
+		st.tlb_registered = true;
+	}
+#endif
+	if (req.flags & NH_ATTACH_HOLD_MM)
+		st.held = true;	/* keep get_task_mm's reference */
+	else
+		mmput(mm);
+	mm = NULL;
+
+	req.record_size = sizeof(struct nh_record);
+	req.ring_records = ring_records;
+	WRITE_ONCE(attached_pid, req.pid);
+	if (copy_to_user(uarg, &req, sizeof(req))) {
+		nh_detach();
+		return -EFAULT;
+	}
+	return 0;
+
+fail:
+	st.held = true;		/* nh_detach drops get_task_mm's reference */
+	nh_detach();
+	return ret;
+}
+
+static long nh_stats(struct nh_stats __user *uarg)
+{
+	struct nh_stats out = { 0 };
+	unsigned long irqflags;
+
+	spin_lock_irqsave(&st.ring_lock, irqflags);
+	out.written = st.head;
+	out.dropped = st.dropped;
+	out.read = st.tail;
+	spin_unlock_irqrestore(&st.ring_lock, irqflags);
+	out.attached_pid = st.pid;
+	return copy_to_user(uarg, &out, sizeof(out)) ? -EFAULT : 0;
+}
+
+static long nh_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	long ret;
+
+	mutex_lock(&st.lock);
+	switch (cmd) {
+	case NH_IOC_ATTACH:
+		ret = nh_attach((struct nh_attach __user *)arg);
+		break;
+	case NH_IOC_DETACH:
+		ret = st.mm ? 0 : -ENOENT;
+		nh_detach();
+		break;
+	case NH_IOC_STATS:
+		ret = nh_stats((struct nh_stats __user *)arg);
+		break;
+	default:
+		ret = -ENOTTY;
+	}
+	mutex_unlock(&st.lock);
+	return ret;
+}
+
+/* Drain whole records; 0 when the ring is empty (never blocks). */
+static ssize_t nh_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
+{
+	enum { BATCH = 64 };
+	struct nh_record *bounce;
+	unsigned long irqflags;
+	size_t done = 0;
+
+	if (count % sizeof(struct nh_record))
+		return -EINVAL;
+	bounce = kmalloc_array(BATCH, sizeof(*bounce), GFP_KERNEL);
+	if (!bounce)
+		return -ENOMEM;
+	mutex_lock(&st.lock);
+	while (done < count) {
+		size_t n = 0, want = min_t(size_t, BATCH, (count - done) / sizeof(*bounce));
+
+		spin_lock_irqsave(&st.ring_lock, irqflags);
+		while (n < want && st.tail < st.head)
+			bounce[n++] = st.ring[st.tail++ % ring_records];
+		spin_unlock_irqrestore(&st.ring_lock, irqflags);
+		if (!n)
+			break;
+		if (copy_to_user(buf + done, bounce, n * sizeof(*bounce))) {
+			/* The records are consumed; say so rather than pretend. */
+			done = done ? done : -EFAULT;
+			break;
+		}
+		done += n * sizeof(*bounce);
+	}
+	mutex_unlock(&st.lock);
+	kfree(bounce);
+	return done;
+}
+
+static int nh_open(struct inode *inode, struct file *file)
+{
+	return capable(CAP_SYS_ADMIN) ? 0 : -EPERM;
+}
+
+static const struct file_operations nh_fops = {
+	.owner = THIS_MODULE,
+	.open = nh_open,
+	.read = nh_read,
+	.unlocked_ioctl = nh_ioctl,
+	.llseek = noop_llseek,
+};
+
+static struct miscdevice nh_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "nh_probe",
+	.fops = &nh_fops,
+	.mode = 0600,
+};
+
+static int __init nh_init(void)
+{
+	int ret;
+
+	BUILD_BUG_ON(sizeof(struct nh_record) != 64);
+	BUILD_BUG_ON(MMU_NOTIFY_UNMAP + 1 != NH_EV_UNMAP || MMU_NOTIFY_EXCLUSIVE + 1 != NH_EV_EXCLUSIVE);
+	if (!ring_records || corrupt < NH_CORRUPT_NONE || corrupt > NH_CORRUPT_SHRINK_RANGE)
+		return -EINVAL;
+	mutex_init(&st.lock);
+	spin_lock_init(&st.ring_lock);
+	st.ring = vzalloc(array_size(ring_records, sizeof(struct nh_record)));
+	if (!st.ring)
+		return -ENOMEM;
+	ret = misc_register(&nh_misc);
+	if (ret)
+		vfree(st.ring);
+	else if (corrupt)
+		pr_warn("nh_probe: corrupt=%d: this module damages its own event stream on purpose\n", corrupt);
+	return ret;
+}
+
+static void __exit nh_exit(void)
+{
+	misc_deregister(&nh_misc);
+	mutex_lock(&st.lock);
+	nh_detach();
+	mutex_unlock(&st.lock);
+	/* free_notifier callbacks may still be queued on SRCU */
+	mmu_notifier_synchronize();
+	vfree(st.ring);
+}
+
+module_init(nh_init);
+module_exit(nh_exit);
+MODULE_LICENSE("GPL");	/* the mmu_notifier API is EXPORT_SYMBOL_GPL */
+MODULE_DESCRIPTION("notifier-harness probe: records mmu_notifier callbacks on one mm");

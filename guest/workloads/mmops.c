@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * mmops: perform a named script of memory operations on anonymous memory and
+ * print each as one JSON line with exact addresses, sizes and CLOCK_MONOTONIC
+ * times (the clock of the probe's records), so the model can tell which
+ * callbacks each operation caused.
+ *
+ *   mmops [--no-probe] OP...
+ *
+ *   map:NAME:SIZE[:thp|:nothp]   mmap RW anonymous at a fixed 1 GiB-spaced address, 2 MiB aligned,
+ *                                MADV_HUGEPAGE or MADV_NOHUGEPAGE, touched; thp is checked in smaps
+ *   touch:NAME:OFF:LEN           write one byte per page
+ *   dontneed:NAME:OFF:LEN        madvise(MADV_DONTNEED)
+ *   mprotect:NAME:OFF:LEN:PROT   PROT is r, rw or none
+ *   munmap:NAME:OFF:LEN
+ *   split:NAME:OFF:LEN           write pid,0xstart,0xend to /sys/kernel/debug/split_huge_pages
+ *   cow:NAME:OFF                 fork; the parent writes the page at OFF while the child keeps it shared
+ *   loop:N                       N x (mmap 64 KiB, touch it, munmap): the probe-overhead loop
+ *
+ * SIZE, OFF and LEN take K and M suffixes.  Before the first operation mmops
+ * waits until the probe is attached to it (/sys/module/nh_probe/parameters/
+ * attached_pid), unless --no-probe.  It ends with an "exit" line and exit(0);
+ * an operation that fails prints {"op": ..., "error": ...} and exits 1.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE		4096UL
+#define HPAGE		(2UL << 20)
+#define REGION_BASE	0x7e0000000000UL	/* map N lives at REGION_BASE + N GiB */
+#define REGION_STEP	(1UL << 30)
+#define MAX_MAPS	16
+
+struct mapping {
+	char name[16];
+	uintptr_t start;
+	size_t size;
+};
+
+static struct mapping maps[MAX_MAPS];
+static int nmaps;
+static char scratch[1 << 18];	/* static: reading /proc must not malloc (heap changes are mm events) */
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
+}
+
+static void fail(const char *op, const char *what, int err)
+{
+	printf("{\"op\": \"%s\", \"error\": \"%s%s%s\"}\n", op, what, err ? ": " : "", err ? strerror(err) : "");
+	exit(1);
+}
+
+static size_t parse_size(const char *op, const char *s)
+{
+	char *end;
+	unsigned long long v = strtoull(s, &end, 0);
+
+	if (end == s)
+		fail(op, "bad size", 0);
+	if (*end == 'K' || *end == 'k')
+		v <<= 10;
+	else if (*end == 'M' || *end == 'm')
+		v <<= 20;
+	else if (*end)
+		fail(op, "bad size suffix", 0);
+	return v;
+}
+
+static struct mapping *find(const char *op, const char *name)
+{
+	for (int i = 0; i < nmaps; i++)
+		if (!strcmp(maps[i].name, name))
+			return &maps[i];
+	fail(op, "no such mapping", 0);
+	return NULL;
+}
+
+static ssize_t read_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n, total = 0;
+
+	if (fd < 0)
+		return -1;
+	while (total < (ssize_t)sizeof(scratch) - 1 && (n = read(fd, scratch + total, sizeof(scratch) - 1 - total)) > 0)
+		total += n;
+	close(fd);
+	scratch[total] = 0;
+	return total;
+}
+
+/* AnonHugePages (kB) summed over the VMAs inside [start, end), from /proc/self/smaps. */
+static long anon_huge_kb(uintptr_t start, uintptr_t end)
+{
+	long total = 0;
+	int inside = 0;
+
+	if (read_file("/proc/self/smaps") < 0)
+		return -1;
+	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		unsigned long s, e;
+
+		if (sscanf(p, "%lx-%lx ", &s, &e) == 2)	/* a VMA's header line */
+			inside = s >= start && e <= end;
+		else if (inside && !strncmp(p, "AnonHugePages:", 14))
+			total += strtol(p + 14, NULL, 10);
+	}
+	return total;
+}
+
+/* Print the private VMAs (which fork may write-protect) as a JSON array. */
+static void print_private_vmas(void)
+{
+	char *p;
+	int first = 1;
+
+	if (read_file("/proc/self/maps") < 0)
+		return;
+	printf("[");
+	for (p = scratch; *p; ) {
+		unsigned long s, e;
+		char perms[5];
+		char *nl = strchr(p, '\n');
+
+		if (sscanf(p, "%lx-%lx %4s", &s, &e, perms) == 3 && perms[3] == 'p') {
+			printf("%s[%lu, %lu]", first ? "" : ", ", s, e);
+			first = 0;
+		}
+		if (!nl)
+			break;
+		p = nl + 1;
+	}
+	printf("]");
+}
+
+static void touch(uintptr_t start, size_t len)
+{
+	for (uintptr_t a = start; a < start + len; a += PAGE)
+		*(volatile char *)a = 1;
+}
+
+static void wait_for_probe(void)
+{
+	uint64_t deadline = now_ns() + 10000000000ULL;
+	pid_t me = getpid();
+
+	while (now_ns() < deadline) {
+		if (read_file("/sys/module/nh_probe/parameters/attached_pid") > 0 && atoi(scratch) == me)
+			return;
+		usleep(1000);
+	}
+	fail("wait", "the probe did not attach within 10 s", 0);
+}
+
+static int prot_of(const char *op, const char *s)
+{
+	if (!strcmp(s, "r"))
+		return PROT_READ;
+	if (!strcmp(s, "rw"))
+		return PROT_READ | PROT_WRITE;
+	if (!strcmp(s, "none"))
+		return PROT_NONE;
+	fail(op, "PROT must be r, rw or none", 0);
+	return 0;
+}
+
+static void op_map(char **f, int n)
+{
+	struct mapping *m;
+	int thp = n > 3 && !strcmp(f[3], "thp");
+	uint64_t t0 = now_ns(), t1;
+	void *p;
+	long huge;
+
+	if (n < 3 || nmaps == MAX_MAPS)
+		fail("map", "usage map:NAME:SIZE[:thp|:nothp]", 0);
+	m = &maps[nmaps];
+	snprintf(m->name, sizeof(m->name), "%s", f[1]);
+	m->size = parse_size("map", f[2]);
+	m->start = REGION_BASE + (uintptr_t)nmaps * REGION_STEP;
+	p = mmap((void *)m->start, m->size, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (p == MAP_FAILED || (uintptr_t)p != m->start)
+		fail("map", "mmap", errno);
+	if (madvise(p, m->size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
+		fail("map", "madvise", errno);
+	touch(m->start, m->size);
+	t1 = now_ns();
+	nmaps++;
+	huge = anon_huge_kb(m->start, m->start + m->size);
+	printf("{\"op\": \"map\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"thp\": %s, \"anon_huge_kb\": %ld, "
+	       "\"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
+	       (unsigned long)(m->start + m->size), thp ? "true" : "false", huge, t0, t1);
+	if (thp && (huge < 0 || (size_t)huge * 1024 != (m->size & ~(HPAGE - 1))))
+		fail("map", "the mapping is not THP-backed (see anon_huge_kb)", 0);
+}
+
+/* dontneed, mprotect, munmap, touch, split: NAME:OFF:LEN on one mapping. */
+static void op_range(const char *op, char **f, int n)
+{
+	struct mapping *m;
+	uintptr_t start;
+	size_t len;
+	uint64_t t0, t1;
+	int ret = 0;
+
+	if (n < 4)
+		fail(op, "usage OP:NAME:OFF:LEN", 0);
+	m = find(op, f[1]);
+	start = m->start + parse_size(op, f[2]);
+	len = parse_size(op, f[3]);
+	t0 = now_ns();
+	if (!strcmp(op, "dontneed")) {
+		ret = madvise((void *)start, len, MADV_DONTNEED);
+	} else if (!strcmp(op, "mprotect")) {
+		ret = mprotect((void *)start, len, prot_of(op, n > 4 ? f[4] : ""));
+	} else if (!strcmp(op, "munmap")) {
+		ret = munmap((void *)start, len);
+	} else if (!strcmp(op, "touch")) {
+		touch(start, len);
+	} else if (!strcmp(op, "split")) {
+		char cmd[96];
+		int fd = open("/sys/kernel/debug/split_huge_pages", O_WRONLY | O_CLOEXEC);
+		int len_cmd = snprintf(cmd, sizeof(cmd), "%d,0x%lx,0x%lx", getpid(), (unsigned long)start,
+				       (unsigned long)(start + len));
+
+		if (fd < 0)
+			fail(op, "open /sys/kernel/debug/split_huge_pages", errno);
+		ret = write(fd, cmd, len_cmd) == len_cmd ? 0 : -1;
+		close(fd);
+	}
+	t1 = now_ns();
+	if (ret)
+		fail(op, op, errno);
+	printf("{\"op\": \"%s\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"prot\": \"%s\", "
+	       "\"anon_huge_kb\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", op, m->name,
+	       (unsigned long)start, (unsigned long)(start + len), !strcmp(op, "mprotect") ? f[4] : "",
+	       anon_huge_kb(m->start, m->start + m->size), t0, t1);
+}
+
+static void op_cow(char **f, int n)
+{
+	struct mapping *m;
+	uintptr_t addr;
+	uint64_t t0, t_fork, t_write, t1;
+	int pipefd[2];
+	char c = 0;
+	pid_t child;
+
+	if (n < 3)
+		fail("cow", "usage cow:NAME:OFF", 0);
+	m = find("cow", f[1]);
+	addr = m->start + parse_size("cow", f[2]);
+	if (pipe(pipefd))
+		fail("cow", "pipe", errno);
+	printf("{\"op\": \"cow-vmas\", \"private_vmas\": ");
+	print_private_vmas();
+	printf("}\n");
+	fflush(stdout);
+	t0 = now_ns();
+	child = fork();
+	if (child < 0)
+		fail("cow", "fork", errno);
+	if (child == 0) {
+		/* Keep the page shared until the parent has written it. */
+		if (read(pipefd[0], &c, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	t_fork = now_ns();
+	*(volatile char *)addr = 2;
+	t_write = now_ns();
+	if (write(pipefd[1], &c, 1) != 1 || waitpid(child, NULL, 0) != child)
+		fail("cow", "child", errno);
+	t1 = now_ns();
+	close(pipefd[0]);
+	close(pipefd[1]);
+	printf("{\"op\": \"cow\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"child\": %d, \"t0\": %" PRIu64
+	       ", \"t_fork\": %" PRIu64 ", \"t_write\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name,
+	       (unsigned long)addr, (unsigned long)(addr + PAGE), child, t0, t_fork, t_write, t1);
+}
+
+static void op_loop(char **f, int n)
+{
+	long count = n > 1 ? strtol(f[1], NULL, 0) : 0;
+	uint64_t t0 = now_ns(), t1;
+
+	for (long i = 0; i < count; i++) {
+		void *p = mmap(NULL, 64 << 10, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p == MAP_FAILED)
+			fail("loop", "mmap", errno);
+		touch((uintptr_t)p, 64 << 10);
+		if (munmap(p, 64 << 10))
+			fail("loop", "munmap", errno);
+	}
+	t1 = now_ns();
+	printf("{\"op\": \"loop\", \"count\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", count, t0, t1);
+}
+
+int main(int argc, char **argv)
+{
+	int first = 1, probe = 1;
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc > 1 && !strcmp(argv[1], "--no-probe")) {
+		probe = 0;
+		first = 2;
+	}
+	printf("{\"op\": \"start\", \"pid\": %d, \"t0\": %" PRIu64 "}\n", getpid(), now_ns());
+	if (probe)
+		wait_for_probe();
+	for (int i = first; i < argc; i++) {
+		char *f[8];
+		int n = 0;
+		char *save, *tok;
+
+		for (tok = strtok_r(argv[i], ":", &save); tok && n < 8; tok = strtok_r(NULL, ":", &save))
+			f[n++] = tok;
+		if (!n)
+			continue;
+		if (!strcmp(f[0], "map"))
+			op_map(f, n);
+		else if (!strcmp(f[0], "cow"))
+			op_cow(f, n);
+		else if (!strcmp(f[0], "loop"))
+			op_loop(f, n);
+		else if (!strcmp(f[0], "dontneed") || !strcmp(f[0], "mprotect") || !strcmp(f[0], "munmap") ||
+			 !strcmp(f[0], "touch") || !strcmp(f[0], "split"))
+			op_range(f[0], f, n);
+		else
+			fail(f[0], "unknown operation", 0);
+	}
+	printf("{\"op\": \"exit\", \"pid\": %d, \"t0\": %" PRIu64 "}\n", getpid(), now_ns());
+	return 0;
+}

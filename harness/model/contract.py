@@ -1,0 +1,195 @@
+"""Rules every trace of one mm obeys, whatever the workload did.
+
+From kernel-semantics.md §1-§3:
+  pairing     every invalidate_range_start has its end, on the same task, properly
+              nested (a task's windows form a stack; other tasks interleave freely)
+  end-range   an end carries exactly its start's event, range and flags
+  blockable   every range is blockable except the OOM reaper's
+  change-pte  (<= 6.9) only inside an open start/end window covering the address;
+              (>= 6.10) never
+  invalidate-range
+              (<= 6.5) inside an open window's range, or after the window the same
+              task closed last.  The second case is not in the specification: in
+              6.1 the mmu_gather flush after a zap or mprotect calls it once more
+              after the end (tlb_flush_mmu_tlbonly() in include/asm-generic/tlb.h
+              calls mmu_notifier_invalidate_range()), over the gather's range.
+              After an UNMAP that range also covers the page tables free_pgtables()
+              freed: pte_free_tlb()/pmd_free_tlb() widen it down to the table's
+              2 MiB/1 GiB-aligned address (free_pgd_range() in mm/memory.c), so
+              it may start below the window, never above its end;
+              (>= 6.6) never
+  arch-invalidate
+              only on kernels that have arch_invalidate_secondary_tlbs (6.6+)
+  release     at most once (exactly once when the task exited while watched),
+              and no primary-notifier callback after it
+  range       start < end, both page-aligned
+  sequence    the module numbered every record it kept: no gaps
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+from harness.events import Callback, Event, Record, Subscriber
+from harness.model.findings import Finding, window_around
+from harness.model.versions import Features
+
+PAGE = 4096
+
+
+@dataclass
+class Pair:
+    """One start/end window of one task."""
+
+    start: Record
+    end: Optional[Record] = None
+    parent: Optional["Pair"] = None
+    children: list["Pair"] = field(default_factory=list)
+    inner: list[Record] = field(default_factory=list)   # invalidate_range / change_pte seen while innermost
+
+    @property
+    def event(self) -> Optional[Event]:
+        return self.start.event
+
+    @property
+    def range(self) -> tuple[int, int]:
+        return self.start.start, self.start.end
+
+    def describe(self) -> str:
+        ev = self.event.name if self.event else "?"
+        return f"{ev} [{self.start.start:#x}, {self.start.end:#x}) (#{self.start.seq}-" \
+               f"{'#' + str(self.end.seq) if self.end else 'no end'})"
+
+
+@dataclass
+class Trace:
+    records: list[Record]
+    pairs: list[Pair]                 # every window, in start order
+    findings: list[Finding]
+
+    def top_level(self, records: Iterable[Record]) -> list[Pair]:
+        """Outermost windows whose start is among `records`."""
+        seqs = {r.seq for r in records}
+        return [p for p in self.pairs if p.start.seq in seqs and (p.parent is None or p.parent.start.seq not in seqs)]
+
+
+def _contains(outer: tuple[int, int], start: int, end: int) -> bool:
+    return outer[0] <= start and end <= outer[1]
+
+
+def _gather_range(pair: Pair) -> tuple[int, int]:
+    """What 6.1's mmu_gather may flush after this window closed (see the module docstring)."""
+    start, end = pair.range
+    if pair.event == Event.UNMAP:
+        start &= ~((1 << 30) - 1)   # a freed PTE table (2 MiB) or PMD table (1 GiB) below the range
+    return start, end
+
+
+def check_contract(records: Sequence[Record], features: Features, *,
+                   nonblocking_pids: frozenset[int] = frozenset(), expect_release: bool = False) -> Trace:
+    findings: list[Finding] = []
+    pairs: list[Pair] = []
+    stacks: dict[int, list[Pair]] = {}
+    last_closed: dict[int, Pair] = {}
+    released: Optional[Record] = None
+
+    def add(rule: str, message: str, rec: Record, expected: str = "", observed: str = "") -> None:
+        findings.append(Finding(rule=rule, message=message, expected=expected, observed=observed or rec.describe(),
+                                window=window_around(records, rec.seq)))
+
+    previous_seq = 0
+    for rec in records:
+        if rec.seq != previous_seq + 1:
+            add("sequence", f"records #{previous_seq + 1}..#{rec.seq - 1} are missing from the stream", rec,
+                expected=f"#{previous_seq + 1}")
+        previous_seq = rec.seq
+
+        if rec.subscriber != Subscriber.PRIMARY:
+            continue  # interval and TLB notifiers are judged by the scenarios that ask for them
+        if released is not None:
+            add("release", f"{rec.callback.name.lower()} after release (#{released.seq}): the mm's notifiers "
+                           f"were already unlinked", rec, expected="nothing after release")
+        stack = stacks.setdefault(rec.pid, [])
+
+        if rec.callback in (Callback.START, Callback.END):
+            if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
+                add("range", f"range [{rec.start:#x}, {rec.end:#x}) is empty or not page-aligned", rec)
+            if not rec.blockable and rec.pid not in nonblocking_pids:
+                add("blockable", "non-blockable range outside the OOM reaper: every other caller uses "
+                                 "mmu_notifier_invalidate_range_start(), which sets MMU_NOTIFIER_RANGE_BLOCKABLE", rec,
+                    expected="blockable")
+
+        if rec.callback == Callback.START:
+            pair = Pair(start=rec, parent=stack[-1] if stack else None)
+            if pair.parent:
+                pair.parent.children.append(pair)
+            stack.append(pair)
+            pairs.append(pair)
+        elif rec.callback == Callback.END:
+            def same(p: Pair) -> bool:
+                return (p.start.start, p.start.end, p.start.event, p.start.blockable) == \
+                       (rec.start, rec.end, rec.event, rec.blockable)
+            if not stack:
+                add("pairing", f"end {rec.event.name if rec.event else '?'} [{rec.start:#x}, {rec.end:#x}) "
+                               f"without an open start on pid {rec.pid}", rec)
+                continue
+            depth = next((i for i in range(len(stack) - 1, -1, -1) if same(stack[i])), None)
+            if depth is None:
+                top = stack.pop()
+                top.end = rec
+                add("end-range", f"end #{rec.seq} does not match its start #{top.start.seq}: start was "
+                                 f"{top.describe()}, end is {rec.event.name if rec.event else '?'} "
+                                 f"[{rec.start:#x}, {rec.end:#x}){'' if rec.blockable == top.start.blockable else ' with other flags'}",
+                    rec, expected=top.start.describe(), observed=rec.describe())
+                last_closed[rec.pid] = top
+                continue
+            while len(stack) - 1 > depth:
+                lost = stack.pop()
+                add("pairing", f"start #{lost.start.seq} {lost.describe()} has no end: the end of an enclosing "
+                               f"window (#{rec.seq}) came first", lost.start, expected=f"end for #{lost.start.seq}")
+            closed = stack.pop()
+            closed.end = rec
+            last_closed[rec.pid] = closed
+        elif rec.callback == Callback.CHANGE_PTE:
+            if not features.change_pte:
+                add("change-pte", f"change_pte on {features.label}, which has no change_pte (removed in 6.10)", rec)
+            elif not any(p.range[0] <= rec.start < p.range[1] for p in stack):
+                add("change-pte", f"change_pte {rec.start:#x} outside any open start/end window of pid {rec.pid}",
+                    rec, expected="inside invalidate_range_start/end (set_pte_at_notify)")
+            else:
+                stack[-1].inner.append(rec)
+        elif rec.callback == Callback.INVALIDATE_RANGE:
+            if not features.invalidate_range:
+                add("invalidate-range", f"invalidate_range on {features.label}, which has none (6.6 renamed it)", rec)
+            elif stack and any(_contains(p.range, rec.start, rec.end) for p in stack):
+                stack[-1].inner.append(rec)
+            elif rec.pid in last_closed and _contains(_gather_range(last_closed[rec.pid]), rec.start, rec.end):
+                pass  # the mmu_gather flush after the window closed
+            else:
+                add("invalidate-range", f"invalidate_range [{rec.start:#x}, {rec.end:#x}) is inside no open window "
+                                        f"and not inside the window pid {rec.pid} closed last", rec)
+        elif rec.callback == Callback.ARCH_INVALIDATE:
+            if not features.arch_invalidate:
+                add("arch-invalidate", f"arch_invalidate_secondary_tlbs on {features.label}, which predates it", rec)
+        elif rec.callback in (Callback.CLEAR_FLUSH_YOUNG, Callback.CLEAR_YOUNG):
+            if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
+                add("range", f"{rec.callback.name.lower()} range [{rec.start:#x}, {rec.end:#x}) is empty or "
+                             f"not page-aligned", rec)
+        elif rec.callback == Callback.RELEASE:
+            if released is not None:
+                add("release", f"release called again (first #{released.seq})", rec, expected="release exactly once")
+            released = rec
+            for open_pair in stack:
+                add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} still open at release",
+                    open_pair.start)
+            stack.clear()
+
+    for pid, stack in stacks.items():
+        for open_pair in stack:
+            add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} has no end", open_pair.start,
+                expected=f"an end for #{open_pair.start.seq}")
+    if expect_release and released is None:
+        findings.append(Finding(rule="release", message="the task exited but release was never called",
+                                expected="exactly one release at exit_mmap"))
+    return Trace(records=list(records), pairs=pairs, findings=findings)

@@ -1,0 +1,164 @@
+"""The workload's operations, typed, and the address space they shape.
+
+`mmops` prints one JSON line per operation; `parse_ops` types them.  The
+AddressSpace follows the VMAs and 2 MiB blocks of the workload's own
+mappings as each operation changes them, which is what the expectations of
+the next operation depend on (a split at an unaligned address inside a VMA,
+a block still PMD-mapped, a large folio not yet split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional, Sequence
+
+from harness.errors import HarnessError
+
+PAGE = 4096
+HPAGE = 2 << 20
+
+
+class ModelError(HarnessError):
+    """The operations ask for something the model does not encode; it says so instead of guessing."""
+
+
+def block(addr: int) -> tuple[int, int]:
+    start = addr & ~(HPAGE - 1)
+    return start, start + HPAGE
+
+
+@dataclass(frozen=True)
+class Op:
+    """One line of mmops output."""
+
+    kind: str                        # map, dontneed, mprotect, munmap, split, touch, cow, loop, exit, start
+    t0: int
+    t1: int
+    name: str = ""
+    start: int = 0
+    end: int = 0
+    prot: str = ""
+    thp: bool = False
+    anon_huge_kb: int = -1
+    child: int = 0
+    t_fork: int = 0
+    t_write: int = 0
+    private_vmas: tuple[tuple[int, int], ...] = ()
+
+    def describe(self, base: int = 0) -> str:
+        if not self.end:
+            return self.kind
+        prot = f" {self.prot}" if self.prot else ""
+        return f"{self.kind} {self.name} [{self.start:#x}, {self.end:#x}){prot}"
+
+
+def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
+    """(workload pid, operations) from mmops's JSON lines; an error line raises."""
+    pid, ops, vmas = 0, [], ()
+    for i, line in enumerate(lines):
+        kind = line.get("op")
+        if "error" in line:
+            raise ModelError(f"workload operation {kind} failed: {line['error']}")
+        if kind == "start":
+            pid = int(line["pid"])
+            continue
+        if kind == "cow-vmas":
+            vmas = tuple((int(s), int(e)) for s, e in line["private_vmas"])
+            continue
+        if kind in ("probe-stats",):
+            continue
+        t0 = int(line["t0"])
+        ops.append(Op(kind=kind, t0=t0, t1=int(line.get("t1", t0)), name=line.get("name", ""),
+                      start=int(line.get("start", 0)), end=int(line.get("end", 0)), prot=line.get("prot", ""),
+                      thp=bool(line.get("thp", False)), anon_huge_kb=int(line.get("anon_huge_kb", -1)),
+                      child=int(line.get("child", 0)), t_fork=int(line.get("t_fork", 0)),
+                      t_write=int(line.get("t_write", 0)), private_vmas=vmas if kind == "cow" else ()))
+    if not pid:
+        raise ModelError("the workload printed no start line")
+    return pid, ops
+
+
+@dataclass(frozen=True)
+class Vma:
+    start: int
+    end: int
+    prot: str          # "rw", "r", "none"
+    thp: bool          # MADV_HUGEPAGE (else MADV_NOHUGEPAGE)
+
+
+@dataclass
+class Block:
+    """One 2 MiB block of a THP mapping."""
+
+    pmd_mapped: bool = True      # mapped by one huge PMD
+    large_folio: bool = True     # backed by one 2 MiB folio (PMD- or PTE-mapped)
+    present: bool = True         # anything mapped at all
+
+
+@dataclass
+class AddressSpace:
+    """The workload's own mappings: VMAs, populated page tables, THP blocks."""
+
+    vmas: list[Vma] = field(default_factory=list)
+    blocks: dict[int, Block] = field(default_factory=dict)     # THP blocks by start
+    populated_pmds: set[int] = field(default_factory=set)      # 2 MiB blocks with a non-none PMD
+
+    def vma_at(self, addr: int) -> Optional[Vma]:
+        return next((v for v in self.vmas if v.start <= addr < v.end), None)
+
+    def overlapping(self, start: int, end: int) -> list[Vma]:
+        return [v for v in self.vmas if v.start < end and start < v.end]
+
+    def owns(self, start: int, end: int) -> bool:
+        return any(v.start <= start and end <= v.end for v in self.vmas)
+
+    def map(self, op: Op) -> None:
+        # A 2 MiB-aligned start keeps vm_start out of vma_adjust_trans_huge's
+        # checks; an unaligned end is harmless (its block is never inside the VMA).
+        if op.start % HPAGE:
+            raise ModelError("mmops maps at 2 MiB-aligned addresses; the model assumes it")
+        self.vmas.append(Vma(op.start, op.end, "rw", op.thp))
+        self.vmas.sort(key=lambda v: v.start)
+        for b in range(op.start, op.end, HPAGE):
+            self.populated_pmds.add(b)
+            if op.thp and b + HPAGE <= op.end:
+                self.blocks[b] = Block()     # only whole blocks can be PMD-mapped
+
+    def split_at(self, addr: int) -> Optional[tuple[int, int]]:
+        """Split the VMA containing addr there; the 2 MiB CLEAR it causes, if any.
+
+        vma_adjust_trans_huge() (6.1; vma_adjust_trans_huge/split_huge_pmd_address
+        in 6.12) splits the PMD at a new unaligned boundary when the aligned block
+        around it lies inside the VMA, and __split_huge_pmd notifies before it
+        looks at the PMD: the CLEAR comes even without a THP.
+        """
+        vma = self.vma_at(addr)
+        if vma is None or addr == vma.start:
+            return None
+        i = self.vmas.index(vma)
+        self.vmas[i:i + 1] = [replace(vma, end=addr), replace(vma, start=addr)]
+        b = block(addr)
+        if addr % HPAGE and vma.start <= b[0] and b[1] <= vma.end:
+            if b[0] in self.blocks:
+                self.blocks[b[0]].pmd_mapped = False
+            return b
+        return None
+
+    def set_prot(self, start: int, end: int, prot: str) -> None:
+        self.vmas = [replace(v, prot=prot) if start <= v.start and v.end <= end else v for v in self.vmas]
+        self._refuse_merges()
+
+    def remove(self, start: int, end: int) -> None:
+        self.vmas = [v for v in self.vmas if not (start <= v.start and v.end <= end)]
+        for b in list(self.blocks):
+            if start <= b and b + HPAGE <= end:
+                del self.blocks[b]
+        for b in list(self.populated_pmds):
+            if start <= b and b + HPAGE <= end:
+                self.populated_pmds.discard(b)
+
+    def _refuse_merges(self) -> None:
+        for a, b in zip(self.vmas, self.vmas[1:]):
+            if a.end == b.start and (a.prot, a.thp) == (b.prot, b.thp):
+                raise ModelError(f"VMAs [{a.start:#x}, {a.end:#x}) and [{b.start:#x}, {b.end:#x}) would merge; "
+                                 f"vma_merge's PMD splits are not modelled")

@@ -1,0 +1,119 @@
+"""Running a workload under the probe, and judging what it saw.
+
+One SSH command does the whole run inside the guest (nhctl run: start the
+workload, attach after its exec, wait, detach, drain the ring), so a run
+costs one round trip however slow the guest is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.artifacts.guest_build import GUEST_BIN, GUEST_PROBE
+from harness.errors import GuestError
+from harness.events import ABI_VERSION, RECORD_SIZE, Record, parse_records
+from harness.guest import Guest
+from harness.model.expect import Judgement, judge
+from harness.model.findings import Finding
+from harness.model.ops import ModelError, Op, parse_ops
+from harness.model.versions import Features, features_for
+
+PARAMS = "/sys/module/nh_probe/parameters"
+EVENTS_FILE = "/tmp/nh-events.bin"
+CORRUPT = {"off": 0, "drop-end": 1, "shrink-range": 2}
+
+
+def load_probe(guest: Guest, corrupt: str = "off") -> None:
+    """Load nh_probe (again, if loaded with another corruption setting) and check its layout."""
+    want = CORRUPT[corrupt]
+    loaded = guest.run(["cat", f"{PARAMS}/corrupt"])
+    if loaded.ok and int(loaded.stdout.strip() or -1) == want:
+        return
+    if loaded.ok:
+        guest.check(["rmmod", "nh_probe"])
+    result = guest.run(["insmod", GUEST_PROBE, f"corrupt={want}"])
+    if not result.ok:
+        raise GuestError(f"loading the probe module failed: {(result.stderr or result.stdout).strip()}; "
+                         f"kernel log: {guest.run('dmesg | tail -3').stdout.strip()}")
+    abi = int(guest.read_text(f"{PARAMS}/abi_version"))
+    size = int(guest.read_text(f"{PARAMS}/record_size"))
+    if (abi, size) != (ABI_VERSION, RECORD_SIZE):
+        raise GuestError(f"record layout mismatch: the module has ABI {abi} with {size}-byte records, "
+                         f"the harness expects ABI {ABI_VERSION} with {RECORD_SIZE}-byte records")
+
+
+@dataclass
+class WorkloadRun:
+    name: str
+    lines: list[dict[str, Any]]
+    pid: int
+    ops: list[Op]
+    records: list[Record]
+    stats: dict[str, Any]
+
+
+def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[str] = (),
+              timeout: float = 120.0) -> WorkloadRun:
+    argv = [f"{GUEST_BIN}/nhctl", "run", "--events", EVENTS_FILE, *attach, "--", f"{GUEST_BIN}/mmops", *script]
+    result = guest.run(argv, timeout=timeout)
+    lines = []
+    for raw in result.stdout.splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except json.JSONDecodeError:
+            raise GuestError(f"{name}: workload printed something that is not JSON: {raw[:200]!r}") from None
+    if not lines or "error" in lines[-1] and lines[-1].get("op") is None:
+        detail = lines[-1]["error"] if lines else (result.stderr.strip() or f"exit status {result.exit_status}")
+        raise GuestError(f"{name}: nhctl failed: {detail}")
+    stats = lines[-1]
+    if stats.get("op") != "probe-stats":
+        raise GuestError(f"{name}: nhctl printed no counters (last line {stats})")
+    if stats["exit_status"] != 0:
+        errors = [l["error"] for l in lines if "error" in l]
+        raise GuestError(f"{name}: workload exited with status {stats['exit_status']} signal {stats['signal']}"
+                         f"{': ' + errors[0] if errors else ''}")
+    records = parse_records(guest.run(["cat", EVENTS_FILE]).stdout_bytes)
+    pid, ops = parse_ops(lines[:-1])
+    return WorkloadRun(name=name, lines=lines, pid=pid, ops=ops, records=records, stats=stats)
+
+
+def format_finding(run: str, f: Finding) -> str:
+    """One finding as report text: the line first (summaries show only it), then the evidence."""
+    text = f"{run}: {f.line()}"
+    if f.expected:
+        text += f"\n  expected: {f.expected}"
+    if f.observed:
+        text += f"\n  observed: {f.observed}"
+    if f.window:
+        text += "\n  records:\n" + "\n".join(f"    {w}" for w in f.window)
+    return text
+
+
+def judge_run(run: WorkloadRun, features: Features, out_dir: Path) -> tuple[list[str], Judgement]:
+    """The model's findings on one run, plus the probe's own honesty checks; evidence to out_dir."""
+    findings: list[str] = []
+    if run.stats["dropped"]:
+        findings.append(f"{run.name}: the probe's ring was full and dropped {run.stats['dropped']} records; "
+                        f"the trace is incomplete")
+    if run.stats["read"] != len(run.records):
+        findings.append(f"{run.name}: the module handed out {run.stats['read']} records but "
+                        f"{len(run.records)} arrived")
+    try:
+        judgement = judge(run.records, run.ops, run.pid, features)
+    except ModelError as e:
+        raise GuestError(f"{run.name}: {e}") from None
+    findings += [format_finding(run.name, f) for f in judgement.findings]
+    base = out_dir / run.name
+    (base.with_suffix(".ops.json")).write_text(json.dumps(run.lines, indent=1) + "\n")
+    (base.with_suffix(".events.txt")).write_text("".join(r.describe() + "\n" for r in run.records))
+    (base.with_suffix(".findings.json")).write_text(
+        json.dumps([f.to_json() for f in judgement.findings], indent=1) + "\n")
+    return findings, judgement
+
+
+def features_of(guest: Guest) -> Features:
+    major, minor = (int(x) for x in guest.release.split(".")[:2])
+    return features_for((major, minor))
