@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Callable
 
 from harness.artifacts.cache import cache_root
+from harness.artifacts.guest_build import GUEST_BIN
 from harness.artifacts.initramfs import build_floor_initramfs
 from harness.artifacts.prepare import prepare
 from harness.config import Config
 from harness.errors import MachineError
+from harness.guest import Guest
 from harness.runner import Run, new_run_dir
+from harness.scenarios.probe import load_probe
 from harness.vm.accel import choose_accel, probe_host
 from harness.vm.machine import Machine, free_port
 from harness.vm.qemu_args import QemuPlan, qemu_argv
@@ -39,6 +42,27 @@ def _floor_once(plan: QemuPlan, timeout: float) -> float:
     if proc.returncode != 0:
         raise MachineError(f"floor boot failed ({proc.returncode}): {proc.stderr.decode(errors='replace')[-300:]}")
     return elapsed
+
+
+LOOP = 2000   # iterations of mmap 64 KiB, touch, munmap
+
+
+def _loop_ns(guest: Guest, argv: list[str]) -> int:
+    lines = [json.loads(l) for l in guest.check(argv).splitlines()]
+    loop = next(l for l in lines if l.get("op") == "loop")
+    return int(loop["t1"]) - int(loop["t0"])
+
+
+def probe_overhead(guest: Guest, repeats: int) -> tuple[list[int], list[int]]:
+    """The same munmap/fault loop without and with the probe attached, interleaved."""
+    load_probe(guest)
+    mmops = f"{GUEST_BIN}/mmops"
+    bare, probed = [], []
+    for _ in range(repeats):
+        bare.append(_loop_ns(guest, [mmops, "--no-probe", f"loop:{LOOP}"]))
+        probed.append(_loop_ns(guest, [f"{GUEST_BIN}/nhctl", "run", "--events", "/tmp/bench-events.bin", "--",
+                                       mmops, f"loop:{LOOP}"]))
+    return bare, probed
 
 
 def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
@@ -64,8 +88,12 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
             with Machine(prepared.image, config.machine, accel, out / kernel.release / f"boot{i}", log=log) as m:
                 boots.append(m.boot_s)
         floor, boot = statistics.median(floors), statistics.median(boots)
+        with Machine(prepared.image, config.machine, accel, out / kernel.release / "overhead", log=log) as m:
+            bare, probed = probe_overhead(Guest(ssh=m.ssh, release=kernel.release, accel=m.accel_used), repeats)
         figures[kernel.release] = {"floor_s": floors, "harness_boot_s": boots, "floor_median_s": floor,
-                                   "harness_median_s": boot, "ratio": boot / floor}
+                                   "harness_median_s": boot, "ratio": boot / floor,
+                                   "loop_ns_bare": bare, "loop_ns_probed": probed,
+                                   "probe_overhead": statistics.median(probed) / statistics.median(bare)}
     # One whole run of the config's scenarios: the suite's wall time.
     start = time.monotonic()
     suite = Run(config=config, out_dir=out / "suite", log=lambda _m: None)
@@ -78,7 +106,12 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     rows = [("", *releases),
             ("raw QEMU floor, median s", *(f"{figures[r]['floor_median_s']:.2f}" for r in releases)),
             ("harness boot-to-SSH, median s", *(f"{figures[r]['harness_median_s']:.2f}" for r in releases)),
-            ("ratio harness/floor", *(f"{figures[r]['ratio']:.2f}" for r in releases))]
+            ("ratio harness/floor", *(f"{figures[r]['ratio']:.2f}" for r in releases)),
+            ("munmap/fault loop, bare, us/iter", *(f"{statistics.median(figures[r]['loop_ns_bare']) / LOOP / 1e3:.1f}"
+                                                   for r in releases)),
+            ("same loop, probe attached, us/iter",
+             *(f"{statistics.median(figures[r]['loop_ns_probed']) / LOOP / 1e3:.1f}" for r in releases)),
+            ("probe overhead (median ratio)", *(f"{figures[r]['probe_overhead']:.2f}" for r in releases))]
     log("")
     for row in rows:
         log(f"{row[0]:32}" + "".join(f"{cell:>{width + 2}}" for cell in row[1:]))

@@ -70,6 +70,7 @@ static struct nh_state {
 	u32 mask;
 	pid_t pid;
 	bool recording;
+	bool ever_attached;		/* read() before any ATTACH is an error, not an empty stream */
 	bool corrupted;			/* the one corruption has been done */
 	struct mm_struct *mm;		/* mmgrab()ed while attached */
 	bool held;			/* mmget()ed with NH_ATTACH_HOLD_MM */
@@ -293,6 +294,7 @@ static long nh_attach(struct nh_attach __user *uarg)
 	spin_unlock_irqrestore(&st.ring_lock, irqflags);
 	st.mask = req.record_mask ? req.record_mask : NH_ALL_CALLBACKS;
 	st.corrupted = false;
+	st.ever_attached = true;
 	st.pid = req.pid;
 	mmgrab(mm);
 	st.mm = mm;
@@ -377,13 +379,14 @@ static long nh_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	return ret;
 }
 
-/* Drain whole records; 0 when the ring is empty (never blocks). */
+/* Drain whole records; 0 when the ring is empty (never blocks), -ENOENT before any ATTACH. */
 static ssize_t nh_read(struct file *file, char __user *buf, size_t count, loff_t *ppos)
 {
 	enum { BATCH = 64 };
 	struct nh_record *bounce;
 	unsigned long irqflags;
 	size_t done = 0;
+	bool faulted = false;
 
 	if (count % sizeof(struct nh_record))
 		return -EINVAL;
@@ -391,6 +394,11 @@ static ssize_t nh_read(struct file *file, char __user *buf, size_t count, loff_t
 	if (!bounce)
 		return -ENOMEM;
 	mutex_lock(&st.lock);
+	if (!st.ever_attached) {
+		mutex_unlock(&st.lock);
+		kfree(bounce);
+		return -ENOENT;
+	}
 	while (done < count) {
 		size_t n = 0, want = min_t(size_t, BATCH, (count - done) / sizeof(*bounce));
 
@@ -401,15 +409,16 @@ static ssize_t nh_read(struct file *file, char __user *buf, size_t count, loff_t
 		if (!n)
 			break;
 		if (copy_to_user(buf + done, bounce, n * sizeof(*bounce))) {
-			/* The records are consumed; say so rather than pretend. */
-			done = done ? done : -EFAULT;
+			/* Those records are consumed and lost: fail the read rather than pretend. */
+			done = 0;
+			faulted = true;
 			break;
 		}
 		done += n * sizeof(*bounce);
 	}
 	mutex_unlock(&st.lock);
 	kfree(bounce);
-	return done;
+	return faulted ? -EFAULT : (ssize_t)done;
 }
 
 static int nh_open(struct inode *inode, struct file *file)

@@ -92,3 +92,13 @@ def test_module_builds_against_the_kernels_own_build_dir(series, kernels, tmp_pa
     info = parse_modinfo(read_module_bytes(work / "hello.ko"))
     assert info["vermagic"][0].split()[0] == kernel.release
 
+
+
+def test_a_debian_version_that_does_not_exist(tmp_path):
+    from harness.artifacts.kernel import resolve_kernel
+    from harness.errors import ArtifactError
+    from harness.kernelspec import parse_kernel_spec
+
+    with pytest.raises(ArtifactError, match=r"^Debian kernel 6.1.0-999-cloud-amd64 does not exist: apt has no "
+                                            r"package linux-image-6.1.0-999-cloud-amd64$"):
+        resolve_kernel(parse_kernel_spec("debian:6.1.0-999"), tmp_path)

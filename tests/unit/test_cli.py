@@ -19,7 +19,7 @@ def test_missing_config(capsys, tmp_path):
 
 def test_unknown_scenario_names_the_valid_ones(capsys):
     code, _, err = run(capsys, "run", "--scenario", "nosuch")
-    assert code == 2 and "--scenario: unknown scenario 'nosuch'; valid scenarios: smoke" in err
+    assert code == 2 and "--scenario: unknown scenario 'nosuch'; valid scenarios: cow, exit-release, mm-basic, smoke, thp-split" in err
     assert err.count("\n") == 1
 
 
@@ -45,3 +45,18 @@ def test_argparse_rejects_bad_accel(capsys):
 def test_list(capsys):
     code, out, _ = run(capsys, "list")
     assert code == 0 and "smoke" in out and "debian:6.1" in out
+
+
+def test_missing_qemu_binary_is_one_clear_error(tmp_path):
+    from harness.artifacts.boot_image import BootImage
+    from harness.config import MachineConfig
+    from harness.errors import MachineError
+    from harness.vm.accel import AccelChoice
+    from harness.vm.machine import Machine
+
+    image = BootImage(kernel=tmp_path / "k", initrd=tmp_path / "i", host_key="ecdsa-sha2-nistp256 AAAA")
+    m = Machine(image, MachineConfig(), AccelChoice("tcg", "test", False), tmp_path, qemu="qemu-system-none")
+    with pytest.raises(MachineError, match="QEMU binary qemu-system-none not found; install the Debian package "
+                                           "qemu-system-x86"):
+        m.boot()
+    assert m.proc is None

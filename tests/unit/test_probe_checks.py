@@ -1,0 +1,77 @@
+"""Probe loading and building errors, without a VM: a fake SSH session that
+subclasses the real one answers the guest's commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.artifacts.guest_build import build_probe_module
+from harness.artifacts.kernel import Kernel
+from harness.errors import ArtifactError, GuestError
+from harness.guest import Guest
+from harness.kernelspec import parse_kernel_spec
+from harness.scenarios.probe import load_probe
+from harness.vm.ssh import CommandResult, SshSession
+
+
+class FakeSsh(SshSession):
+    """Answers commands from a table; records what was asked."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]):
+        super().__init__(client=None, port=0)  # type: ignore[arg-type]
+        self.answers = answers
+        self.asked: list[str] = []
+
+    def run(self, argv, timeout=60.0, stdin=None) -> CommandResult:
+        command = argv if isinstance(argv, str) else " ".join(argv)
+        self.asked.append(command)
+        status, out = next((v for k, v in self.answers.items() if command.startswith(k)), (0, ""))
+        return CommandResult(argv=command, exit_status=status, stdout_bytes=out.encode(), stderr="", duration_s=0.0)
+
+
+PARAMS = "cat /sys/module/nh_probe/parameters"
+
+
+def guest(answers) -> Guest:
+    return Guest(ssh=FakeSsh(answers), release="6.1.0-56-cloud-amd64", accel="tcg")
+
+
+def test_record_layout_mismatch_is_detected_at_load():
+    g = guest({f"{PARAMS}/corrupt": (1, ""), f"{PARAMS}/abi_version": (0, "1\n"),
+               f"{PARAMS}/record_size": (0, "56\n")})
+    with pytest.raises(GuestError, match="record layout mismatch: the module has ABI 1 with 56-byte records, "
+                                         "the harness expects ABI 1 with 64-byte records"):
+        load_probe(g)
+
+
+def test_loaded_module_with_other_corruption_is_reloaded():
+    g = guest({f"{PARAMS}/corrupt": (0, "1\n"), f"{PARAMS}/abi_version": (0, "1\n"),
+               f"{PARAMS}/record_size": (0, "64\n")})
+    load_probe(g, "off")
+    asked = g.ssh.asked  # type: ignore[attr-defined]
+    assert "rmmod nh_probe" in asked and any(a.startswith("insmod /opt/nh/nh_probe.ko corrupt=0") for a in asked)
+
+
+def test_load_failure_carries_the_kernels_message():
+    g = guest({f"{PARAMS}/corrupt": (1, ""), "insmod": (1, "insmod: can't insert: Invalid module format"),
+               "dmesg": (0, "nh_probe: disagrees about version of symbol module_layout")})
+    with pytest.raises(GuestError, match="Invalid module format.*disagrees about version"):
+        load_probe(g)
+
+
+def kernel_with(build_dir: Path) -> Kernel:
+    return Kernel(spec=parse_kernel_spec("tree:/x"), release="6.1.0-test", image=Path("/x/bzImage"),
+                  modules_dir=Path("/x"), build_dir=build_dir)
+
+
+def test_module_build_failure_carries_the_compilers_message(tmp_path):
+    (tmp_path / "Makefile").write_text("modules:\n\t@echo 'nh_probe.c:10:5: error: boom' >&2; exit 1\n")
+    with pytest.raises(ArtifactError, match=r"(?s)building the probe module for 6.1.0-test failed:.*error: boom"):
+        build_probe_module(kernel_with(tmp_path), tmp_path / "cache")
+
+
+def test_module_build_without_a_build_directory(tmp_path):
+    with pytest.raises(ArtifactError, match="has no build directory"):
+        build_probe_module(kernel_with(tmp_path / "none"), tmp_path / "cache")
