@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from harness.artifacts.cache import cache_root
 from harness.artifacts.guest_build import GUEST_BIN
@@ -73,7 +73,7 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     log(f"bench: accel {accel.accel} ({accel.reason}); {repeats} boots per figure; {out}")
     floor_initrd = build_floor_initramfs(cache)
     _, pub = make_run_key()
-    figures: dict[str, dict[str, object]] = {}
+    figures: dict[str, dict[str, Any]] = {}
     for spec in config.kernels:
         prepared = prepare(spec, cache)
         kernel = prepared.kernel

@@ -9,14 +9,13 @@ serves every run of one kernel until an input changes.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, Optional
 
 from harness.artifacts.modules import ModuleFile, ModuleIndex, read_module_bytes
 from harness.errors import ArtifactError

@@ -54,9 +54,10 @@ class Op:
 
 def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
     """(workload pid, operations) from mmops's JSON lines; an error line raises."""
-    pid, ops, vmas = 0, [], ()
-    for i, line in enumerate(lines):
-        kind = line.get("op")
+    pid, ops = 0, []
+    vmas: tuple[tuple[int, int], ...] = ()
+    for line in lines:
+        kind = str(line.get("op"))
         if "error" in line:
             raise ModelError(f"workload operation {kind} failed: {line['error']}")
         if kind == "start":

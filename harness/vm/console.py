@@ -13,7 +13,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 import pexpect
 import pexpect.fdpexpect
@@ -128,8 +128,3 @@ class Console:
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Console({self.log_path}, {self.bytes_seen} bytes)"
 
-
-def open_console(stream: Optional[IO[bytes]], log_path: Path) -> Console:
-    if stream is None:
-        raise ValueError("QEMU was started without a stdout pipe")
-    return Console(stream, log_path)

@@ -1,12 +1,12 @@
 """Per-operation expectations: the specification's trace passes, a wrong one fails with a named finding."""
 
+import pytest
+
 from harness.events import Event
 from harness.model.expect import _protection_chunks, expectations, judge
 from harness.model.ops import AddressSpace, ModelError, Op, parse_ops
 from harness.model.versions import GIB, features_for
 from tests.unit.tracebuilder import A, K, M, PID, TraceBuilder
-
-import pytest
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR, UNMAP, PROT_VMA, PROT_PAGE = Event.CLEAR, Event.UNMAP, Event.PROTECTION_VMA, Event.PROTECTION_PAGE
@@ -60,55 +60,49 @@ def test_munmap_boundaries_in_two_blocks_split_twice_and_aligned_ones_never():
     assert run(tb, [m, first, tb.op("munmap", t1, name="A", start=A + 6 * M, end=A + 8 * M)]) == []
 
 
-def test_dontneed_gives_one_clear_per_vma():
-    tb = TraceBuilder()
+def three_vmas(tb: TraceBuilder) -> list[Op]:
+    """A 4 MiB mapping with [A+1M, A+1M+64K) mprotected read-only: three VMAs."""
     m = mapping(tb, 4 * M)
     t0 = tb.tick()
     tb.window(CLEAR, A, A + 2 * M).window(PROT_VMA, A + M, A + M + 64 * K)
-    mp = tb.op("mprotect", t0, name="A", start=A + M, end=A + M + 64 * K, prot="r")
-    t1 = tb.tick()
+    return [m, tb.op("mprotect", t0, name="A", start=A + M, end=A + M + 64 * K, prot="r")]
+
+
+def dontneed_across(tb: TraceBuilder, t0: int) -> Op:
+    return tb.op("dontneed", t0, name="A", start=A + M - 4 * K, end=A + M + 68 * K)
+
+
+def test_dontneed_gives_one_clear_per_vma():
+    tb = TraceBuilder()
+    ops = three_vmas(tb)
+    t0 = tb.tick()
     tb.window(CLEAR, A + M - 4 * K, A + M).window(CLEAR, A + M, A + M + 64 * K).window(CLEAR, A + M + 64 * K, A + M + 68 * K)
-    dn = tb.op("dontneed", t1, name="A", start=A + M - 4 * K, end=A + M + 68 * K)
-    assert run(tb, [m, mp, dn]) == []
+    assert run(tb, ops + [dontneed_across(tb, t0)]) == []
 
 
 def test_dontneed_as_one_clear_across_vmas_is_wrong():
     tb = TraceBuilder()
-    m = mapping(tb, 4 * M)
+    ops = three_vmas(tb)
     t0 = tb.tick()
-    tb.window(CLEAR, A, A + 2 * M).window(PROT_VMA, A + M, A + M + 64 * K)
-    mp = tb.op("mprotect", t0, name="A", start=A + M, end=A + M + 64 * K, prot="r")
-    t1 = tb.tick()
     tb.window(CLEAR, A + M - 4 * K, A + M + 68 * K)
-    dn = tb.op("dontneed", t1, name="A", start=A + M - 4 * K, end=A + M + 68 * K)
-    assert run(tb, [m, mp, dn]) == ["missing", "missing", "missing", "unexpected"]
+    assert run(tb, ops + [dontneed_across(tb, t0)]) == ["missing", "missing", "missing", "unexpected"]
 
 
-def test_dontneed_in_a_pmd_mapped_thp_nests_the_2m_clear():
+@pytest.mark.parametrize("nested, anon_huge_kb, findings", [
+    (True, 2048, []),                              # the specification: outer, inner, inner end, outer end
+    (False, 2048, ["missing", "unexpected"]),      # the 2 MiB CLEAR beside the outer window, not inside
+    (True, 4096, ["thp-state"]),                   # smaps says the block is still PMD-mapped
+])
+def test_dontneed_in_a_pmd_mapped_thp(nested, anon_huge_kb, findings):
     tb = TraceBuilder()
     m = mapping(tb, 4 * M, thp=True)
     t0 = tb.tick()
-    tb.start(CLEAR, A + 4 * K, A + 8 * K).window(CLEAR, A, A + 2 * M).end(CLEAR, A + 4 * K, A + 8 * K)
-    op = Op("dontneed", t0, tb.tick(), name="A", start=A + 4 * K, end=A + 8 * K, anon_huge_kb=2048)
-    assert run(tb, [m, op]) == []
-
-
-def test_dontneed_with_the_nested_clear_outside_is_wrong():
-    tb = TraceBuilder()
-    m = mapping(tb, 4 * M, thp=True)
-    t0 = tb.tick()
-    tb.window(CLEAR, A, A + 2 * M).window(CLEAR, A + 4 * K, A + 8 * K)
-    op = Op("dontneed", t0, tb.tick(), name="A", start=A + 4 * K, end=A + 8 * K, anon_huge_kb=2048)
-    assert sorted(run(tb, [m, op])) == ["missing", "unexpected"]
-
-
-def test_thp_state_after_an_operation_is_cross_checked():
-    tb = TraceBuilder()
-    m = mapping(tb, 4 * M, thp=True)
-    t0 = tb.tick()
-    tb.start(CLEAR, A + 4 * K, A + 8 * K).window(CLEAR, A, A + 2 * M).end(CLEAR, A + 4 * K, A + 8 * K)
-    op = Op("dontneed", t0, tb.tick(), name="A", start=A + 4 * K, end=A + 8 * K, anon_huge_kb=4096)
-    assert run(tb, [m, op]) == ["thp-state"]
+    if nested:
+        tb.start(CLEAR, A + 4 * K, A + 8 * K).window(CLEAR, A, A + 2 * M).end(CLEAR, A + 4 * K, A + 8 * K)
+    else:
+        tb.window(CLEAR, A, A + 2 * M).window(CLEAR, A + 4 * K, A + 8 * K)
+    op = Op("dontneed", t0, tb.tick(), name="A", start=A + 4 * K, end=A + 8 * K, anon_huge_kb=anon_huge_kb)
+    assert sorted(run(tb, [m, op])) == findings
 
 
 def test_mprotect_to_the_same_protection_is_silent():
