@@ -47,6 +47,14 @@ class ScenarioConfig:
     timeout_s: float = 300.0
     # Debug: load the probe with its stream corruption on, to show the oracle catches it.
     probe_corrupt: str = "off"
+    # memcg OOM scenarios: the memcg's memory.max, what the workload allocates, and how long
+    # the probe keeps the victim's mm after the kill (the reaper's 2 s timer, 10 x 100 ms retries).
+    memcg_max_mib: int = 32
+    alloc_mib: int = 128
+    reaper_wait_s: float = 5.0
+    # ksm: identical pages to merge, and how long ksmd has for two full scans.
+    ksm_pages: int = 64
+    ksm_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,9 @@ class Config:
                 "kvm_watchdog": self.machine.kvm_watchdog_s,
                 "cmdline": self.machine.cmdline,
             },
-            "scenarios": [{"name": s.name, "timeout": s.timeout_s, "probe_corrupt": s.probe_corrupt}
+            "scenarios": [{"name": s.name, "timeout": s.timeout_s, "probe_corrupt": s.probe_corrupt,
+                           "memcg_max": f"{s.memcg_max_mib}M", "alloc": f"{s.alloc_mib}M",
+                           "reaper_wait": s.reaper_wait_s, "ksm_pages": s.ksm_pages, "ksm_timeout": s.ksm_timeout_s}
                           for s in self.scenarios],
             "seed": self.seed,
         }
@@ -101,8 +111,8 @@ def _seconds(value: Any, path: str) -> float:
 _SIZE = re.compile(r"^\s*(\d+)\s*([MmGg])(?:i?[Bb])?\s*$")
 
 
-def parse_memory_mib(value: Any, path: str) -> int:
-    """`2G`, `2GiB`, `512M` or a bare integer of MiB."""
+def _size_mib(value: Any, path: str, minimum: int, example: str, too_small: str) -> int:
+    """`2G`, `2GiB`, `512M` or a bare integer of MiB, at least `minimum` MiB."""
     if isinstance(value, int) and not isinstance(value, bool):
         mib = value
     elif isinstance(value, str) and _SIZE.match(value):
@@ -110,10 +120,15 @@ def parse_memory_mib(value: Any, path: str) -> int:
         assert m
         mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)
     else:
-        raise _fail(path, value, "expected a size such as 512M or 2G")
-    if mib < MIN_MEMORY_MIB:
-        raise _fail(path, value, f"the guest needs at least {MIN_MEMORY_MIB}M")
+        raise _fail(path, value, f"expected a size such as {example}")
+    if mib < minimum:
+        raise _fail(path, value, too_small)
     return mib
+
+
+def parse_memory_mib(value: Any, path: str) -> int:
+    """The guest's memory."""
+    return _size_mib(value, path, MIN_MEMORY_MIB, "512M or 2G", f"the guest needs at least {MIN_MEMORY_MIB}M")
 
 
 def parse_accel(value: Any, path: str) -> str:
@@ -160,9 +175,19 @@ def _one_of(choices: Sequence[str]) -> Callable[[Any, str], str]:
     return parse
 
 
+def _mib(value: Any, path: str) -> int:
+    """A scenario's size: 32M, 1G or an integer of MiB, at least 4M."""
+    return _size_mib(value, path, 4, "32M or 1G", "expected at least 4M")
+
+
 _SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "timeout": ("timeout_s", _seconds),
     "probe_corrupt": ("probe_corrupt", _one_of(PROBE_CORRUPTIONS)),
+    "memcg_max": ("memcg_max_mib", _mib),
+    "alloc": ("alloc_mib", _mib),
+    "reaper_wait": ("reaper_wait_s", _seconds),
+    "ksm_pages": ("ksm_pages", _int_in(2, 65536)),
+    "ksm_timeout": ("ksm_timeout_s", _seconds),
 }
 
 _TOP_KEYS = ("kernels", "machine", "scenarios", "seed")

@@ -65,6 +65,7 @@ class Subscriber(IntEnum):
     PRIMARY = 1
     INTERVAL = 2
     TLB = 3
+    SECOND = 4     # the recording notifier beside a failing primary
 
 
 REC_BLOCKABLE = 1 << 0
@@ -83,6 +84,7 @@ class Record:
     event: Optional[Event]
     blockable: bool
     ret: int
+    failed: bool         # the callback returned an error (start: -EAGAIN; interval: false)
     cpu: int
     pid: int
     subscriber: Subscriber
@@ -95,14 +97,16 @@ class Record:
         name = self.callback.name.lower()
         if self.callback in (Callback.START, Callback.END, Callback.INTERVAL_INVALIDATE):
             ev = self.event.name if self.event else "?"
-            what = f"{name} {ev} [{self.start:#x}, {self.end:#x})" + ("" if self.blockable else " NONBLOCK")
+            what = f"{name} {ev} [{self.start:#x}, {self.end:#x})" + ("" if self.blockable else " NONBLOCK") \
+                + (f" FAILED {self.ret}" if self.failed else "")
         elif self.callback in (Callback.TEST_YOUNG, Callback.CHANGE_PTE):
             what = f"{name} {self.start:#x}"
         elif self.callback == Callback.RELEASE:
             what = name
         else:
             what = f"{name} [{self.start:#x}, {self.end:#x})"
-        return f"#{self.seq} {what} pid {self.pid}"
+        who = "" if self.subscriber == Subscriber.PRIMARY else f" [{self.subscriber.name.lower()}]"
+        return f"#{self.seq} {what} pid {self.pid}{who}"
 
 
 def parse_records(data: bytes) -> list[Record]:
@@ -120,5 +124,5 @@ def parse_records(data: bytes) -> list[Record]:
             raise GuestError(f"probe record #{raw['seq']} is malformed ({e}): layout mismatch?") from None
         records.append(Record(seq=raw["seq"], time_ns=raw["time_ns"], start=raw["start"], end=raw["end"],
                               callback=callback, event=event, blockable=bool(raw["flags"] & REC_BLOCKABLE),
-                              ret=raw["ret"], cpu=raw["cpu"], pid=raw["pid"], subscriber=subscriber))
+                              failed=bool(raw["flags"] & REC_FAILED), ret=raw["ret"], cpu=raw["cpu"], pid=raw["pid"], subscriber=subscriber))
     return records

@@ -57,6 +57,7 @@ enum nh_subscriber {
 	NH_SUB_PRIMARY = 1,		/* the mmu_notifier ATTACH registered */
 	NH_SUB_INTERVAL = 2,		/* the interval notifier of NH_ATTACH_INTERVAL */
 	NH_SUB_TLB = 3,			/* the arch_invalidate_secondary_tlbs-only notifier */
+	NH_SUB_SECOND = 4,		/* the recording notifier NH_ATTACH_FAIL_NONBLOCK adds */
 };
 
 /* One callback, as read() returns it.  64 bytes, no implicit padding. */
@@ -79,7 +80,18 @@ struct nh_record {
 #define NH_ATTACH_HOLD_MM	(1u << 0)	/* mmget() the mm until DETACH (exit_mmap waits) */
 #define NH_ATTACH_INTERVAL	(1u << 1)	/* also insert an interval notifier over [ival_start, ival_end) */
 #define NH_ATTACH_TLB		(1u << 2)	/* also register an arch_invalidate_secondary_tlbs notifier (>= 6.6) */
-#define NH_ATTACH_ALL_FLAGS	(NH_ATTACH_HOLD_MM | NH_ATTACH_INTERVAL | NH_ATTACH_TLB)
+/*
+ * The primary notifier returns -EAGAIN from every non-blockable start and,
+ * as a notifier that can fail must, has no invalidate_range_end (a second
+ * ops table).  A second notifier that records everything is registered
+ * before it, so it is called after the failing one: its start shows that
+ * every subscriber is still called, its end shows the unwind.
+ */
+#define NH_ATTACH_FAIL_NONBLOCK	(1u << 3)
+/* The interval notifier returns false from every non-blockable invalidate. */
+#define NH_ATTACH_INTERVAL_FAIL	(1u << 4)
+#define NH_ATTACH_ALL_FLAGS	(NH_ATTACH_HOLD_MM | NH_ATTACH_INTERVAL | NH_ATTACH_TLB | \
+				 NH_ATTACH_FAIL_NONBLOCK | NH_ATTACH_INTERVAL_FAIL)
 
 struct nh_attach {
 	__u32 abi_version;	/* (in) NH_PROBE_ABI_VERSION */

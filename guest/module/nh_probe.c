@@ -12,6 +12,12 @@
  * reaper), so the ring is a spinlock and an array allocated at attach; no
  * callback sleeps or allocates.
  *
+ * NH_ATTACH_FAIL_NONBLOCK makes the primary notifier fail every
+ * non-blockable start with -EAGAIN (the OOM reaper's path) from a second
+ * ops table without invalidate_range_end, and adds a recording notifier
+ * that it is called before;
+ * NH_ATTACH_INTERVAL_FAIL does the same for the interval notifier.
+ *
  * Debug option `corrupt` (off by default) damages the stream on purpose so
  * the oracle can be shown to catch it: 1 drops the first invalidate_range_end
  * of the attached task, 2 shrinks the range of its first invalidate_range_start.
@@ -76,6 +82,9 @@ static struct nh_state {
 	bool held;			/* mmget()ed with NH_ATTACH_HOLD_MM */
 	struct mmu_notifier sub;
 	bool sub_registered;
+	struct mmu_notifier sub2;	/* the recorder of NH_ATTACH_FAIL_NONBLOCK */
+	bool sub2_registered;
+	bool interval_fail;
 	struct mmu_interval_notifier isub;
 	bool isub_inserted;
 	struct mmu_notifier tlb_sub;
@@ -126,31 +135,44 @@ static u32 nh_range_flags(const struct mmu_notifier_range *range)
 	return mmu_notifier_range_blockable(range) ? NH_REC_BLOCKABLE : 0;
 }
 
+static u32 nh_who(struct mmu_notifier *sub)
+{
+	return sub == &st.sub2 ? NH_SUB_SECOND : NH_SUB_PRIMARY;
+}
+
 static int nh_invalidate_range_start(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
 {
-	nh_record(NH_CB_START, range->event + 1, range->start, range->end, nh_range_flags(range), 0,
-		  NH_SUB_PRIMARY);
+	nh_record(NH_CB_START, range->event + 1, range->start, range->end, nh_range_flags(range), 0, nh_who(sub));
 	return 0;
+}
+
+/* The failing notifier's start: -EAGAIN whenever it may not sleep. */
+static int nh_failing_range_start(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
+{
+	int ret = mmu_notifier_range_blockable(range) ? 0 : -EAGAIN;
+
+	nh_record(NH_CB_START, range->event + 1, range->start, range->end,
+		  nh_range_flags(range) | (ret ? NH_REC_FAILED : 0), ret, nh_who(sub));
+	return ret;
 }
 
 static void nh_invalidate_range_end(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
 {
-	nh_record(NH_CB_END, range->event + 1, range->start, range->end, nh_range_flags(range), 0,
-		  NH_SUB_PRIMARY);
+	nh_record(NH_CB_END, range->event + 1, range->start, range->end, nh_range_flags(range), 0, nh_who(sub));
 }
 
 #ifdef NH_HAVE_INVALIDATE_RANGE
 static void nh_invalidate_range(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 				unsigned long end)
 {
-	nh_record(NH_CB_INVALIDATE_RANGE, NH_EV_UNSET, start, end, 0, 0, NH_SUB_PRIMARY);
+	nh_record(NH_CB_INVALIDATE_RANGE, NH_EV_UNSET, start, end, 0, 0, nh_who(sub));
 }
 #endif
 
 #ifdef NH_HAVE_CHANGE_PTE
 static void nh_change_pte(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long address, pte_t pte)
 {
-	nh_record(NH_CB_CHANGE_PTE, NH_EV_UNSET, address, 0, 0, 0, NH_SUB_PRIMARY);
+	nh_record(NH_CB_CHANGE_PTE, NH_EV_UNSET, address, 0, 0, 0, nh_who(sub));
 }
 #endif
 
@@ -158,31 +180,46 @@ static void nh_change_pte(struct mmu_notifier *sub, struct mm_struct *mm, unsign
 static int nh_clear_flush_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 				unsigned long end)
 {
-	nh_record(NH_CB_CLEAR_FLUSH_YOUNG, NH_EV_UNSET, start, end, 0, 0, NH_SUB_PRIMARY);
+	nh_record(NH_CB_CLEAR_FLUSH_YOUNG, NH_EV_UNSET, start, end, 0, 0, nh_who(sub));
 	return 0;
 }
 
 static int nh_clear_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 			  unsigned long end)
 {
-	nh_record(NH_CB_CLEAR_YOUNG, NH_EV_UNSET, start, end, 0, 0, NH_SUB_PRIMARY);
+	nh_record(NH_CB_CLEAR_YOUNG, NH_EV_UNSET, start, end, 0, 0, nh_who(sub));
 	return 0;
 }
 
 static int nh_test_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long address)
 {
-	nh_record(NH_CB_TEST_YOUNG, NH_EV_UNSET, address, 0, 0, 0, NH_SUB_PRIMARY);
+	nh_record(NH_CB_TEST_YOUNG, NH_EV_UNSET, address, 0, 0, 0, nh_who(sub));
 	return 0;
 }
 
 static void nh_release(struct mmu_notifier *sub, struct mm_struct *mm)
 {
-	nh_record(NH_CB_RELEASE, NH_EV_UNSET, 0, 0, 0, 0, NH_SUB_PRIMARY);
+	nh_record(NH_CB_RELEASE, NH_EV_UNSET, 0, 0, 0, 0, nh_who(sub));
 }
 
 static const struct mmu_notifier_ops nh_ops = {
 	.invalidate_range_start = nh_invalidate_range_start,
 	.invalidate_range_end = nh_invalidate_range_end,
+#ifdef NH_HAVE_INVALIDATE_RANGE
+	.invalidate_range = nh_invalidate_range,
+#endif
+#ifdef NH_HAVE_CHANGE_PTE
+	.change_pte = nh_change_pte,
+#endif
+	.clear_flush_young = nh_clear_flush_young,
+	.clear_young = nh_clear_young,
+	.test_young = nh_test_young,
+	.release = nh_release,
+};
+
+/* No invalidate_range_end: the core WARNs when a failing notifier has one. */
+static const struct mmu_notifier_ops nh_failing_ops = {
+	.invalidate_range_start = nh_failing_range_start,
 #ifdef NH_HAVE_INVALIDATE_RANGE
 	.invalidate_range = nh_invalidate_range,
 #endif
@@ -211,10 +248,13 @@ static const struct mmu_notifier_ops nh_tlb_ops = {
 static bool nh_interval_invalidate(struct mmu_interval_notifier *isub, const struct mmu_notifier_range *range,
 				   unsigned long cur_seq)
 {
-	nh_record(NH_CB_INTERVAL_INVALIDATE, range->event + 1, range->start, range->end, nh_range_flags(range),
-		  1, NH_SUB_INTERVAL);
-	mmu_interval_set_seq(isub, cur_seq);
-	return true;
+	bool ok = !(READ_ONCE(st.interval_fail) && !mmu_notifier_range_blockable(range));
+
+	nh_record(NH_CB_INTERVAL_INVALIDATE, range->event + 1, range->start, range->end,
+		  nh_range_flags(range) | (ok ? 0 : NH_REC_FAILED), ok, NH_SUB_INTERVAL);
+	if (ok)
+		mmu_interval_set_seq(isub, cur_seq);
+	return ok;
 }
 
 static const struct mmu_interval_notifier_ops nh_interval_ops = {
@@ -246,6 +286,10 @@ static void nh_detach(void)
 		st.tlb_registered = false;
 	}
 #endif
+	if (st.sub2_registered) {
+		mmu_notifier_unregister(&st.sub2, mm);
+		st.sub2_registered = false;
+	}
 	if (st.sub_registered) {
 		mmu_notifier_unregister(&st.sub, mm);
 		st.sub_registered = false;
@@ -270,6 +314,8 @@ static long nh_attach(struct nh_attach __user *uarg)
 	if (req.abi_version != NH_PROBE_ABI_VERSION)
 		return -EPROTO;
 	if (req.flags & ~NH_ATTACH_ALL_FLAGS || req.record_mask & ~NH_ALL_CALLBACKS || !req.pid)
+		return -EINVAL;
+	if (req.flags & NH_ATTACH_INTERVAL_FAIL && !(req.flags & NH_ATTACH_INTERVAL))
 		return -EINVAL;
 	if (req.flags & NH_ATTACH_INTERVAL &&
 	    (req.ival_start >= req.ival_end || !PAGE_ALIGNED(req.ival_start) || !PAGE_ALIGNED(req.ival_end)))
@@ -300,7 +346,20 @@ static long nh_attach(struct nh_attach __user *uarg)
 	st.mm = mm;
 	WRITE_ONCE(st.recording, true);
 
-	st.sub.ops = &nh_ops;
+	st.interval_fail = req.flags & NH_ATTACH_INTERVAL_FAIL;
+	if (req.flags & NH_ATTACH_FAIL_NONBLOCK) {
+		/*
+		 * The recorder first: the failing notifier, registered last, is
+		 * called first (hlist_add_head_rcu), so the trace shows the core
+		 * calling the recorder's start after a failure, then its end.
+		 */
+		st.sub2.ops = &nh_ops;
+		ret = mmu_notifier_register(&st.sub2, mm);
+		if (ret)
+			goto fail;
+		st.sub2_registered = true;
+	}
+	st.sub.ops = req.flags & NH_ATTACH_FAIL_NONBLOCK ? &nh_failing_ops : &nh_ops;
 	ret = mmu_notifier_register(&st.sub, mm);
 	if (ret)
 		goto fail;

@@ -16,6 +16,14 @@
  *   split:NAME:OFF:LEN           write pid,0xstart,0xend to /sys/kernel/debug/split_huge_pages
  *   cow:NAME:OFF                 fork; the parent writes the page at OFF while the child keeps it shared
  *   loop:N                       N x (mmap 64 KiB, touch it, munmap): the probe-overhead loop
+ *   fill:NAME:VAL                write byte VAL over the whole mapping (remembered per page)
+ *   write:NAME:OFF:VAL           write byte VAL over the page at OFF
+ *   verify:NAME                  compare every byte with what was written; reports bad_pages
+ *   ksm:NAME:TIMEOUT             MADV_MERGEABLE, run ksmd fast until full_scans advanced by 2,
+ *                                report ksm_merging_pages and ksmd's counters, stop ksmd
+ *   unmerge:NAME                 MADV_UNMERGEABLE
+ *   oom:SIZE                     print the VMAs (from smaps), then mmap SIZE and touch it: expects
+ *                                to be killed by the OOM killer; surviving is an error
  *
  * SIZE, OFF and LEN take K and M suffixes.  Before the first operation mmops
  * waits until the probe is attached to it (/sys/module/nh_probe/parameters/
@@ -46,6 +54,7 @@ struct mapping {
 	char name[16];
 	uintptr_t start;
 	size_t size;
+	unsigned char *shadow;	/* per page: the byte every byte should hold; 0 = not written */
 };
 
 static struct mapping maps[MAX_MAPS];
@@ -155,6 +164,35 @@ static void touch(uintptr_t start, size_t len)
 		*(volatile char *)a = 1;
 }
 
+static void fill_pages(struct mapping *m, uintptr_t start, size_t len, int val)
+{
+	memset((void *)start, val, len);
+	memset(m->shadow + (start - m->start) / PAGE, val, len / PAGE);
+}
+
+/*
+ * Pages whose bytes differ from the shadow: 0 means only touched (a 1, then
+ * zeros), anything else that every byte holds that value.  Assumes the whole
+ * mapping is still mapped and nothing was discarded.
+ */
+static long bad_pages(struct mapping *m)
+{
+	long bad = 0;
+
+	for (size_t i = 0; i < m->size / PAGE; i++) {
+		const unsigned char *p = (const unsigned char *)(m->start + i * PAGE);
+		unsigned char v = m->shadow[i];
+
+		for (size_t j = 0; j < PAGE; j++) {
+			if (p[j] != (v ? v : (j == 0))) {
+				bad++;
+				break;
+			}
+		}
+	}
+	return bad;
+}
+
 static void wait_for_probe(void)
 {
 	uint64_t deadline = now_ns() + 10000000000ULL;
@@ -201,6 +239,11 @@ static void op_map(char **f, int n)
 	if (madvise(p, m->size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
 		fail("map", "madvise", errno);
 	touch(m->start, m->size);
+	/* 0 per page: touched only.  Inside the map window: malloc's brk or mmap
+	 * adds a VMA and touches fresh memory, neither of which is a callback. */
+	m->shadow = calloc(m->size / PAGE, 1);
+	if (!m->shadow)
+		fail("map", "calloc", errno);
 	t1 = now_ns();
 	nmaps++;
 	huge = anon_huge_kb(m->start, m->start + m->size);
@@ -314,6 +357,183 @@ static void op_loop(char **f, int n)
 	printf("{\"op\": \"loop\", \"count\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", count, t0, t1);
 }
 
+static long read_long(const char *path)
+{
+	return read_file(path) > 0 ? strtol(scratch, NULL, 10) : -1;
+}
+
+static int write_str(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	int ok;
+
+	if (fd < 0)
+		return -1;
+	ok = write(fd, value, strlen(value)) == (ssize_t)strlen(value);
+	close(fd);
+	return ok ? 0 : -1;
+}
+
+static int find_kthread(const char *comm)
+{
+	char path[64];
+	int found = 0;
+
+	for (int pid = 2; pid < 4096 && !found; pid++) {
+		snprintf(path, sizeof(path), "/proc/%d/comm", pid);
+		if (read_file(path) > 0 && !strncmp(scratch, comm, strlen(comm)) && scratch[strlen(comm)] == '\n')
+			found = pid;
+	}
+	return found;
+}
+
+static void op_data(const char *op, char **f, int n)
+{
+	struct mapping *m;
+	uint64_t t0, t1;
+	uintptr_t start;
+	size_t len;
+	int val = 0;
+
+	if (n < 2)
+		fail(op, "usage fill:NAME:VAL | write:NAME:OFF:VAL | verify:NAME", 0);
+	m = find(op, f[1]);
+	start = m->start;
+	len = m->size;
+	if (!strcmp(op, "write")) {
+		if (n < 4)
+			fail(op, "usage write:NAME:OFF:VAL", 0);
+		start += parse_size(op, f[2]) & ~(PAGE - 1);
+		len = PAGE;
+		val = strtol(f[3], NULL, 0);
+	} else if (!strcmp(op, "fill")) {
+		if (n < 3)
+			fail(op, "usage fill:NAME:VAL", 0);
+		val = strtol(f[2], NULL, 0);
+	}
+	if (strcmp(op, "verify") && (val < 1 || val > 255))
+		fail(op, "VAL must be 1..255 (0 stands for a touched-only page)", 0);
+	t0 = now_ns();
+	if (strcmp(op, "verify"))
+		fill_pages(m, start, len, val);
+	t1 = now_ns();
+	printf("{\"op\": \"%s\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"value\": %d, \"bad_pages\": %ld, "
+	       "\"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", op, m->name, (unsigned long)start,
+	       (unsigned long)(start + len), val, strcmp(op, "verify") ? 0 : bad_pages(m), t0, t1);
+}
+
+#define KSM "/sys/kernel/mm/ksm/"
+
+/* A path of its own: read_long() reads into scratch. */
+static const char *merging_path(void)
+{
+	static char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages", getpid());
+	return path;
+}
+
+static void op_ksm(char **f, int n)
+{
+	struct mapping *m;
+	uint64_t t0, t1, deadline;
+	long scans0, scans, merging, shared, sharing, timeout_s = n > 2 ? strtol(f[2], NULL, 0) : 30;
+	int ksmd;
+
+	if (n < 2)
+		fail("ksm", "usage ksm:NAME[:TIMEOUT_S]", 0);
+	m = find("ksm", f[1]);
+	ksmd = find_kthread("ksmd");
+	t0 = now_ns();
+	if (madvise((void *)m->start, m->size, MADV_MERGEABLE))
+		fail("ksm", "madvise(MADV_MERGEABLE)", errno);
+	scans0 = read_long(KSM "full_scans");
+	if (write_str(KSM "pages_to_scan", "5000") || write_str(KSM "sleep_millisecs", "10") ||
+	    write_str(KSM "run", "1"))
+		fail("ksm", "starting ksmd through " KSM, errno);
+	deadline = now_ns() + (uint64_t)timeout_s * 1000000000ULL;
+	while ((scans = read_long(KSM "full_scans")) < scans0 + 2 && now_ns() < deadline)
+		usleep(5000);
+	write_str(KSM "run", "0");
+	t1 = now_ns();
+	merging = read_long(merging_path());
+	shared = read_long(KSM "pages_shared");
+	sharing = read_long(KSM "pages_sharing");
+	printf("{\"op\": \"ksm\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"ksmd_pid\": %d, "
+	       "\"full_scans\": %ld, \"full_scans_before\": %ld, \"merging_pages\": %ld, \"pages_shared\": %ld, "
+	       "\"pages_sharing\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name,
+	       (unsigned long)m->start, (unsigned long)(m->start + m->size), ksmd, scans, scans0,
+	       merging, shared, sharing, t0, t1);
+	if (scans < scans0 + 2)
+		fail("ksm", "ksmd did not complete two full scans in time (see full_scans)", 0);
+}
+
+static void op_unmerge(char **f, int n)
+{
+	struct mapping *m;
+	uint64_t t0, t1;
+
+	if (n < 2)
+		fail("unmerge", "usage unmerge:NAME", 0);
+	m = find("unmerge", f[1]);
+	t0 = now_ns();
+	if (madvise((void *)m->start, m->size, MADV_UNMERGEABLE))
+		fail("unmerge", "madvise(MADV_UNMERGEABLE)", errno);
+	t1 = now_ns();
+	printf("{\"op\": \"unmerge\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"merging_pages\": %ld, "
+	       "\"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
+	       (unsigned long)(m->start + m->size), read_long(merging_path()), t0, t1);
+}
+
+/* Every VMA with the smaps flags the OOM reaper decides by (sh, pf, ht). */
+static void print_vmas_with_flags(uintptr_t extra_start, size_t extra_len)
+{
+	int first = 1;
+	unsigned long s = 0, e = 0;
+
+	if (read_file("/proc/self/smaps") < 0)
+		fail("oom", "read /proc/self/smaps", errno);
+	printf("{\"op\": \"vmas\", \"vmas\": [");
+	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		char perms[5];
+
+		if (sscanf(p, "%lx-%lx %4s", &s, &e, perms) == 3) {
+			printf("%s{\"start\": %lu, \"end\": %lu, \"perms\": \"%s\"", first ? "" : ", ", s, e, perms);
+			first = 0;
+		} else if (!strncmp(p, "VmFlags:", 8)) {
+			char *nl = strchr(p, '\n');
+
+			printf(", \"flags\": \"%.*s\"}", nl ? (int)(nl - p - 9) : (int)strlen(p + 9), p + 9);
+		}
+	}
+	/* The allocation about to be made, as its own VMA. */
+	printf("%s{\"start\": %lu, \"end\": %lu, \"perms\": \"rw-p\", \"flags\": \"rd wr mr mw me ac\"}]}\n",
+	       first ? "" : ", ", (unsigned long)extra_start, (unsigned long)(extra_start + extra_len));
+	fflush(stdout);
+}
+
+static void op_oom(char **f, int n)
+{
+	size_t size;
+	uintptr_t at = REGION_BASE + (uintptr_t)nmaps * REGION_STEP;
+	uint64_t t0;
+
+	if (n < 2)
+		fail("oom", "usage oom:SIZE", 0);
+	size = parse_size("oom", f[1]);
+	print_vmas_with_flags(at, size);
+	t0 = now_ns();
+	printf("{\"op\": \"oom\", \"start\": %lu, \"end\": %lu, \"t0\": %" PRIu64 "}\n", (unsigned long)at,
+	       (unsigned long)(at + size), t0);
+	fflush(stdout);
+	if (mmap((void *)at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) !=
+	    (void *)at)
+		fail("oom", "mmap", errno);
+	madvise((void *)at, size, MADV_NOHUGEPAGE);
+	touch(at, size);
+	fail("oom", "survived: the whole allocation fit under the limit", 0);
+}
+
 int main(int argc, char **argv)
 {
 	int first = 1, probe = 1;
@@ -341,6 +561,14 @@ int main(int argc, char **argv)
 			op_cow(f, n);
 		else if (!strcmp(f[0], "loop"))
 			op_loop(f, n);
+		else if (!strcmp(f[0], "fill") || !strcmp(f[0], "write") || !strcmp(f[0], "verify"))
+			op_data(f[0], f, n);
+		else if (!strcmp(f[0], "ksm"))
+			op_ksm(f, n);
+		else if (!strcmp(f[0], "unmerge"))
+			op_unmerge(f, n);
+		else if (!strcmp(f[0], "oom"))
+			op_oom(f, n);
 		else if (!strcmp(f[0], "dontneed") || !strcmp(f[0], "mprotect") || !strcmp(f[0], "munmap") ||
 			 !strcmp(f[0], "touch") || !strcmp(f[0], "split"))
 			op_range(f[0], f, n);

@@ -12,6 +12,10 @@
  *       JSON line.  PROGRAM's stdout passes through.
  *
  * options: --hold (mmget until detach)  --interval START END  --tlb
+ *          --fail-nonblock (-EAGAIN from non-blockable starts, plus a recording notifier)
+ *          --interval-fail (the interval notifier fails non-blockable invalidates)
+ * run only: --cgroup DIR (the workload joins DIR before exec)
+ *           --linger-ms N (keep the attachment N ms after the workload exited)
  *          --mask CALLBACK[,CALLBACK...] (start,end,invalidate_range,arch_invalidate,
  *          clear_flush_young,clear_young,test_young,change_pte,release,interval)
  *
@@ -74,7 +78,13 @@ static uint32_t parse_mask(char *list)
 }
 
 /* Parse attach options from argv[*i]; stops at "--" or a non-option. */
-static void parse_options(int argc, char **argv, int *i, struct nh_attach *req, const char **events)
+struct run_options {
+	const char *events;
+	const char *cgroup;
+	long linger_ms;
+};
+
+static void parse_options(int argc, char **argv, int *i, struct nh_attach *req, struct run_options *run)
 {
 	for (; *i < argc; (*i)++) {
 		const char *a = argv[*i];
@@ -83,14 +93,22 @@ static void parse_options(int argc, char **argv, int *i, struct nh_attach *req, 
 			req->flags |= NH_ATTACH_HOLD_MM;
 		} else if (!strcmp(a, "--tlb")) {
 			req->flags |= NH_ATTACH_TLB;
+		} else if (!strcmp(a, "--fail-nonblock")) {
+			req->flags |= NH_ATTACH_FAIL_NONBLOCK;
+		} else if (!strcmp(a, "--interval-fail")) {
+			req->flags |= NH_ATTACH_INTERVAL_FAIL;
 		} else if (!strcmp(a, "--interval") && *i + 2 < argc) {
 			req->flags |= NH_ATTACH_INTERVAL;
 			req->ival_start = strtoull(argv[++*i], NULL, 0);
 			req->ival_end = strtoull(argv[++*i], NULL, 0);
 		} else if (!strcmp(a, "--mask") && *i + 1 < argc) {
 			req->record_mask = parse_mask(argv[++*i]);
-		} else if (!strcmp(a, "--events") && events && *i + 1 < argc) {
-			*events = argv[++*i];
+		} else if (!strcmp(a, "--events") && run && *i + 1 < argc) {
+			run->events = argv[++*i];
+		} else if (!strcmp(a, "--cgroup") && run && *i + 1 < argc) {
+			run->cgroup = argv[++*i];
+		} else if (!strcmp(a, "--linger-ms") && run && *i + 1 < argc) {
+			run->linger_ms = strtol(argv[++*i], NULL, 0);
 		} else if (!strcmp(a, "--")) {
 			(*i)++;
 			return;
@@ -141,16 +159,31 @@ static uint64_t drain(int fd, int out_fd)
 	return total;
 }
 
+static int join_cgroup(const char *dir)
+{
+	char path[512], pid[32];
+	int fd, len, ok;
+
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	len = snprintf(pid, sizeof(pid), "%d", getpid());
+	ok = write(fd, pid, len) == len;
+	close(fd);
+	return ok ? 0 : -1;
+}
+
 static int cmd_run(int fd, int argc, char **argv, int i)
 {
 	struct nh_attach req = { 0 };
-	const char *events = NULL;
+	struct run_options run = { 0 };
 	char extra[256];
 	int status, out, execpipe[2], err = 0;
 	pid_t child;
 
-	parse_options(argc, argv, &i, &req, &events);
-	if (!events || i >= argc)
+	parse_options(argc, argv, &i, &req, &run);
+	if (!run.events || i >= argc)
 		die("usage: nhctl run --events FILE [options] -- PROGRAM ARGS", 0);
 	fflush(stdout);
 	/*
@@ -164,6 +197,12 @@ static int cmd_run(int fd, int argc, char **argv, int i)
 		die("fork", errno);
 	if (child == 0) {
 		close(fd);
+		if (run.cgroup && join_cgroup(run.cgroup)) {
+			err = errno;
+			if (write(execpipe[1], &err, sizeof(err)) < 0)
+				_exit(126);
+			_exit(125);
+		}
 		execv(argv[i], &argv[i]);
 		err = errno;
 		if (write(execpipe[1], &err, sizeof(err)) < 0)
@@ -172,8 +211,8 @@ static int cmd_run(int fd, int argc, char **argv, int i)
 	}
 	close(execpipe[1]);
 	if (read(execpipe[0], &err, sizeof(err)) > 0) {
-		waitpid(child, NULL, 0);
-		die("exec workload", err);
+		waitpid(child, &status, 0);
+		die(WIFEXITED(status) && WEXITSTATUS(status) == 125 ? "join cgroup" : "exec workload", err);
 	}
 	close(execpipe[0]);
 	req.pid = child;
@@ -187,10 +226,13 @@ static int cmd_run(int fd, int argc, char **argv, int i)
 	}
 	if (waitpid(child, &status, 0) < 0)
 		die("waitpid", errno);
+	/* With --hold the mm outlives the task: give the OOM reaper its time. */
+	if (run.linger_ms > 0)
+		usleep(run.linger_ms * 1000);
 	/* Detach before draining: with --hold, exit_mmap (and release) runs now. */
 	if (ioctl(fd, NH_IOC_DETACH))
 		die("NH_IOC_DETACH", errno);
-	out = open(events, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	out = open(run.events, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (out < 0)
 		die("open events file", errno);
 	drain(fd, out);

@@ -20,8 +20,12 @@ From kernel-semantics.md §1-§3:
               (>= 6.6) never
   arch-invalidate
               only on kernels that have arch_invalidate_secondary_tlbs (6.6+)
-  release     at most once (exactly once when the task exited while watched),
-              and no primary-notifier callback after it
+  release     at most once per notifier (exactly once when the task exited while
+              watched), and no callback of that notifier after it
+  failed-start
+              a start may fail only when it may not block, and only with
+              -EAGAIN (§2: the core WARNs otherwise); a failed start has no end
+              of its own: the unwind ends the other notifiers' windows
   range       start < end, both page-aligned
   sequence    the module numbered every record it kept: no gaps
 """
@@ -36,6 +40,9 @@ from harness.model.findings import Finding, window_around
 from harness.model.versions import Features
 
 PAGE = 4096
+EAGAIN = 11
+# The notifiers on the mm's hlist, judged here; interval and TLB notifiers are not.
+HLIST = (Subscriber.PRIMARY, Subscriber.SECOND)
 
 
 @dataclass
@@ -87,12 +94,16 @@ def _gather_range(pair: Pair) -> tuple[int, int]:
 
 
 def check_contract(records: Sequence[Record], features: Features, *,
-                   nonblocking_pids: frozenset[int] = frozenset(), expect_release: bool = False) -> Trace:
+                   nonblocking_pids: frozenset[int] = frozenset(), expect_release: bool = False,
+                   no_end: frozenset[Subscriber] = frozenset()) -> Trace:
+    """`no_end`: notifiers registered without invalidate_range_end (a notifier that can fail
+    must not have one, §2): their starts open no window and an end from them is wrong."""
     findings: list[Finding] = []
     pairs: list[Pair] = []
-    stacks: dict[int, list[Pair]] = {}
-    last_closed: dict[int, Pair] = {}
-    released: Optional[Record] = None
+    # Windows nest per task and per notifier: (subscriber, pid) -> open windows.
+    stacks: dict[tuple[Subscriber, int], list[Pair]] = {}
+    last_closed: dict[tuple[Subscriber, int], Pair] = {}
+    released: dict[Subscriber, Record] = {}
 
     def add(rule: str, message: str, rec: Record, expected: str = "", observed: str = "") -> None:
         findings.append(Finding(rule=rule, message=message, expected=expected, observed=observed or rec.describe(),
@@ -105,12 +116,13 @@ def check_contract(records: Sequence[Record], features: Features, *,
                 expected=f"#{previous_seq + 1}")
         previous_seq = rec.seq
 
-        if rec.subscriber != Subscriber.PRIMARY:
+        if rec.subscriber not in HLIST:
             continue  # interval and TLB notifiers are judged by the scenarios that ask for them
-        if released is not None and rec.callback != Callback.RELEASE:
-            add("release", f"{rec.callback.name.lower()} after release (#{released.seq}): the mm's notifiers "
-                           f"were already unlinked", rec, expected="nothing after release")
-        stack = stacks.setdefault(rec.pid, [])
+        key = (rec.subscriber, rec.pid)
+        if rec.subscriber in released and rec.callback != Callback.RELEASE:
+            add("release", f"{rec.callback.name.lower()} after release (#{released[rec.subscriber].seq}): the "
+                           f"mm's notifiers were already unlinked", rec, expected="nothing after release")
+        stack = stacks.setdefault(key, [])
 
         if rec.callback in (Callback.START, Callback.END):
             if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
@@ -120,7 +132,24 @@ def check_contract(records: Sequence[Record], features: Features, *,
                                  "mmu_notifier_invalidate_range_start(), which sets MMU_NOTIFIER_RANGE_BLOCKABLE", rec,
                     expected="blockable")
 
-        if rec.callback == Callback.START:
+        if rec.callback == Callback.START and rec.failed:
+            if rec.blockable or rec.ret != -EAGAIN:
+                add("failed-start", f"start failed with {rec.ret} in {'' if rec.blockable else 'non-'}blockable "
+                                    f"context: only a non-blockable start may fail, and only with -EAGAIN", rec)
+        elif rec.subscriber in no_end:
+            if rec.callback == Callback.END:
+                add("pairing", f"end from the {rec.subscriber.name.lower()} notifier, which has no "
+                               f"invalidate_range_end", rec)
+            elif rec.callback == Callback.CHANGE_PTE and not features.change_pte:
+                add("change-pte", f"change_pte on {features.label}, which has no change_pte (removed in 6.10)", rec)
+            elif rec.callback == Callback.INVALIDATE_RANGE and not features.invalidate_range:
+                add("invalidate-range", f"invalidate_range on {features.label}, which has none (6.6 renamed it)", rec)
+            elif rec.callback == Callback.RELEASE:
+                if rec.subscriber in released:
+                    add("release", f"release called again (first #{released[rec.subscriber].seq})", rec,
+                        expected="release exactly once")
+                released[rec.subscriber] = rec
+        elif rec.callback == Callback.START:
             pair = Pair(start=rec, parent=stack[-1] if stack else None)
             if pair.parent:
                 pair.parent.children.append(pair)
@@ -142,7 +171,7 @@ def check_contract(records: Sequence[Record], features: Features, *,
                                  f"{top.describe()}, end is {rec.event.name if rec.event else '?'} "
                                  f"[{rec.start:#x}, {rec.end:#x}){'' if rec.blockable == top.start.blockable else ' with other flags'}",
                     rec, expected=top.start.describe(), observed=rec.describe())
-                last_closed[rec.pid] = top
+                last_closed[key] = top
                 continue
             while len(stack) - 1 > depth:
                 lost = stack.pop()
@@ -150,7 +179,7 @@ def check_contract(records: Sequence[Record], features: Features, *,
                                f"window (#{rec.seq}) came first", lost.start, expected=f"end for #{lost.start.seq}")
             closed = stack.pop()
             closed.end = rec
-            last_closed[rec.pid] = closed
+            last_closed[key] = closed
         elif rec.callback == Callback.CHANGE_PTE:
             if not features.change_pte:
                 add("change-pte", f"change_pte on {features.label}, which has no change_pte (removed in 6.10)", rec)
@@ -164,7 +193,7 @@ def check_contract(records: Sequence[Record], features: Features, *,
                 add("invalidate-range", f"invalidate_range on {features.label}, which has none (6.6 renamed it)", rec)
             elif stack and any(_contains(p.range, rec.start, rec.end) for p in stack):
                 stack[-1].inner.append(rec)
-            elif rec.pid in last_closed and _contains(_gather_range(last_closed[rec.pid]), rec.start, rec.end):
+            elif key in last_closed and _contains(_gather_range(last_closed[key]), rec.start, rec.end):
                 pass  # the mmu_gather flush after the window closed
             else:
                 add("invalidate-range", f"invalidate_range [{rec.start:#x}, {rec.end:#x}) is inside no open window "
@@ -177,19 +206,26 @@ def check_contract(records: Sequence[Record], features: Features, *,
                 add("range", f"{rec.callback.name.lower()} range [{rec.start:#x}, {rec.end:#x}) is empty or "
                              f"not page-aligned", rec)
         elif rec.callback == Callback.RELEASE:
-            if released is not None:
-                add("release", f"release called again (first #{released.seq})", rec, expected="release exactly once")
-            released = rec
-            for open_pair in stack:
-                add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} still open at release",
-                    open_pair.start)
-            stack.clear()
+            if rec.subscriber in released:
+                add("release", f"release called again (first #{released[rec.subscriber].seq})", rec,
+                    expected="release exactly once")
+            released[rec.subscriber] = rec
+            for (sub, _pid), open_stack in stacks.items():
+                if sub != rec.subscriber:
+                    continue
+                for open_pair in open_stack:
+                    add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} still open at release",
+                        open_pair.start)
+                open_stack.clear()
 
-    for pid, stack in stacks.items():
-        for open_pair in stack:
+    for open_stack in stacks.values():
+        for open_pair in open_stack:
             add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} has no end", open_pair.start,
                 expected=f"an end for #{open_pair.start.seq}")
-    if expect_release and released is None:
-        findings.append(Finding(rule="release", message="the task exited but release was never called",
-                                expected="exactly one release at exit_mmap"))
+    seen = {r.subscriber for r in records if r.subscriber in HLIST}
+    for sub in sorted(seen) if expect_release else ():
+        if sub not in released:
+            findings.append(Finding(rule="release", message=f"the task exited but the {sub.name.lower()} "
+                                                            f"notifier's release was never called",
+                                    expected="exactly one release at exit_mmap"))
     return Trace(records=list(records), pairs=pairs, findings=findings)

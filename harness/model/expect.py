@@ -69,6 +69,10 @@ class Expectation:
     checked: bool = True       # False: the operation is outside the model (e.g. the bench loop)
     # AnonHugePages (kB) of the operation's mapping afterwards: PMD-mapped THP blocks only.
     anon_huge_kb: Optional[int] = None
+    # Whose windows the operation causes: the workload's unless a kernel thread does the work (ksmd).
+    pid: Optional[int] = None
+    # Rules that are not a sequence of windows (KSM's per-page counts); given the windows, gives findings.
+    check: Optional[Callable[[list[Pair], Sequence[Record]], list[Finding]]] = None
 
 
 def _ir(f: Features, start: int, end: int) -> Optional[tuple[int, int]]:
@@ -199,9 +203,82 @@ def expect_cow(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     return exp
 
 
+def _cow_want(page: int, f: Features, why: str) -> Want:
+    return Want(Event.CLEAR, page, page + PAGE, why, change_pte=page if f.change_pte else None,
+                invalidate_range=_ir(f, page, page + PAGE))
+
+
+def expect_write(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """fill and write: a page that maps a KSM page is copied on write; any other was written before."""
+    exp = Expectation(op)
+    for page in sorted(p for p in aspace.ksm_pages if op.start <= p < op.end):
+        exp.wants.append(_cow_want(page, f, "write to a KSM page: wp_page_copy"))
+        aspace.ksm_pages.discard(page)
+    return exp
+
+
+def expect_unmerge(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """MADV_UNMERGEABLE: break_ksm faults every KSM page back to a private copy, in address order
+    (6.1 with FAULT_FLAG_WRITE, 6.12 with FAULT_FLAG_UNSHARE: wp_page_copy either way)."""
+    exp = Expectation(op)
+    for page in sorted(p for p in aspace.ksm_pages if op.start <= p < op.end):
+        exp.wants.append(_cow_want(page, f, "MADV_UNMERGEABLE: break_ksm"))
+        aspace.ksm_pages.discard(page)
+    return exp
+
+
+def expect_ksm(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """ksmd merging a region of identical pages (§3 KSM merge).
+
+    Per merged page: write_protect_page's CLEAR, and replace_page's CLEAR on all
+    but the first page of the first unstable pair (which becomes the KSM page).
+    On 6.1 each window holds change_pte at its page (set_pte_at_notify) and the
+    end's invalidate_range.  Which page pairs first depends on the scan, so the
+    rule counts windows per page instead of fixing their order.
+    """
+    pages = list(range(op.start, op.end, PAGE))
+
+    def check(pairs: list[Pair], records: Sequence[Record]) -> list[Finding]:
+        findings: list[Finding] = []
+
+        def add(message: str, seq: int = 0, expected: str = "") -> None:
+            findings.append(Finding(rule="ksm", op=op.describe(), message=message, expected=expected,
+                                    observed=f"{len(pairs)} windows from ksmd (pid {op.ksmd_pid})",
+                                    window=window_around(records, seq) if seq else ()))
+
+        if op.merging_pages != len(pages):
+            add(f"{op.merging_pages} of {len(pages)} identical pages merged after full_scans went "
+                f"{op.full_scans_before} -> {op.full_scans}", expected=f"ksm_merging_pages {len(pages)}")
+        per_page: dict[int, int] = {}
+        for pair in pairs:
+            s, e = pair.range
+            if pair.event != Event.CLEAR or e - s != PAGE or s not in pages:
+                add(f"ksmd window {pair.describe()} is not a 4 KiB CLEAR on a page of the region", pair.start.seq)
+                continue
+            per_page[s] = per_page.get(s, 0) + 1
+            findings.extend(_check_inner(pair, _cow_want(s, f, "KSM write_protect_page/replace_page"),
+                                         op.describe(), records, f))
+        untouched = [p for p in pages if p not in per_page]
+        if untouched and op.merging_pages > 0:
+            add(f"{len(untouched)} pages merged without a window, first {untouched[0]:#x}",
+                expected="write_protect_page's CLEAR on every merged page")
+        for page, count in per_page.items():
+            if count > 2:
+                add(f"page {page:#x} has {count} windows; write_protect_page and replace_page make two")
+        singles = [p for p, c in per_page.items() if c == 1]
+        if len(pages) > 1 and len(singles) > 1:
+            add(f"{len(singles)} pages have only write_protect_page's window ({singles[0]:#x}, ...); only the "
+                f"first page of the first unstable pair may", expected="replace_page's CLEAR on the others")
+        return findings
+
+    aspace.ksm_pages.update(pages)
+    return Expectation(op, pid=op.ksmd_pid, check=check)
+
+
 _EXPECT: dict[str, Callable[[Op, AddressSpace, Features], Expectation]] = {
     "dontneed": expect_dontneed, "mprotect": expect_mprotect, "munmap": expect_munmap,
-    "split": expect_split, "cow": expect_cow,
+    "split": expect_split, "cow": expect_cow, "fill": expect_write, "write": expect_write,
+    "unmerge": expect_unmerge, "ksm": expect_ksm,
 }
 
 
@@ -215,8 +292,9 @@ def expectations(ops: Sequence[Op], f: Features) -> list[Expectation]:
             aspace.map(op)
             regions[op.name] = (op.start, op.end, op.thp)
             exp = Expectation(op)                    # first touches map pages: no callback
-        elif op.kind in ("touch", "exit"):
-            exp = Expectation(op)                    # faults and the exit line itself: none (release is contract)
+        elif op.kind in ("touch", "exit", "verify", "oom"):
+            # faults, reading, the exit line (release is contract), an allocation until killed: none
+            exp = Expectation(op)
         elif op.kind in _EXPECT:
             exp = _EXPECT[op.kind](op, aspace, f)
         elif op.kind == "loop":
@@ -293,19 +371,33 @@ class Judgement:
 
 
 def judge(records: Sequence[Record], ops: Sequence[Op], pid: int, f: Features, *,
-          nonblocking_pids: frozenset[int] = frozenset()) -> Judgement:
-    """Contract rules over the whole trace, then each operation's expectations."""
-    exited = any(op.kind == "exit" for op in ops)
-    trace = check_contract(records, f, nonblocking_pids=nonblocking_pids, expect_release=exited)
+          nonblocking_pids: frozenset[int] = frozenset(), failing: bool = False) -> Judgement:
+    """Contract rules over the whole trace, then each operation's expectations.
+
+    `failing`: the primary notifier fails non-blockable starts and has no end; each
+    operation's windows are then read from the recording notifier beside it.
+    """
+    exited = any(op.kind in ("exit", "oom") for op in ops)
+    observer = Subscriber.SECOND if failing else Subscriber.PRIMARY
+    trace = check_contract(records, f, nonblocking_pids=nonblocking_pids, expect_release=exited,
+                           no_end=frozenset({Subscriber.PRIMARY}) if failing else frozenset())
     findings = list(trace.findings)
     checked = 0
     for exp in expectations(ops, f):
         if not exp.checked:
             continue
         checked += 1
-        window = [r for r in records if exp.op.t0 <= r.time_ns <= exp.op.t1 and r.pid == pid
-                  and r.subscriber == Subscriber.PRIMARY]
-        findings += _match(trace.top_level(window), exp.wants, exp.allows, exp.op.describe(), records, f)
+        who = exp.pid or pid
+        window = [r for r in records if exp.op.t0 <= r.time_ns <= exp.op.t1 and r.pid == who
+                  and r.subscriber == observer]
+        if exp.check is not None:
+            findings += exp.check(trace.top_level(window), records)
+        else:
+            findings += _match(trace.top_level(window), exp.wants, exp.allows, exp.op.describe(), records, f)
+        if exp.op.bad_pages:
+            findings.append(Finding(rule="data", op=exp.op.describe(),
+                                    message=f"{exp.op.bad_pages} pages do not hold what the workload wrote",
+                                    expected="every page intact", observed=f"{exp.op.bad_pages} bad pages"))
         if exp.anon_huge_kb is not None and exp.op.anon_huge_kb >= 0 and exp.op.anon_huge_kb != exp.anon_huge_kb:
             findings.append(Finding(rule="thp-state", op=exp.op.describe(),
                                     message=f"the mapping has {exp.op.anon_huge_kb} kB of PMD-mapped THP afterwards, "
@@ -317,5 +409,6 @@ def judge(records: Sequence[Record], ops: Sequence[Op], pid: int, f: Features, *
     if exit_op and release and release[0].time_ns < exit_op.t0:
         findings.append(Finding(rule="release", message="release came before the workload's exit",
                                 op="exit", window=window_around(records, release[0].seq)))
-    background = [r for r in records if r.pid != pid]
+    helpers = {op.ksmd_pid for op in ops if op.ksmd_pid}
+    background = [r for r in records if r.pid != pid and r.pid not in helpers]
     return Judgement(trace=trace, findings=findings, background=background, checked_ops=checked)

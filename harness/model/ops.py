@@ -16,6 +16,7 @@ from harness.errors import HarnessError
 
 PAGE = 4096
 HPAGE = 2 << 20
+NEVER = 2**63 - 1
 
 
 class ModelError(HarnessError):
@@ -25,6 +26,21 @@ class ModelError(HarnessError):
 def block(addr: int) -> tuple[int, int]:
     start = addr & ~(HPAGE - 1)
     return start, start + HPAGE
+
+
+@dataclass(frozen=True)
+class VmaInfo:
+    """A VMA as /proc/self/smaps showed it (for the OOM reaper's choices)."""
+
+    start: int
+    end: int
+    perms: str
+    flags: frozenset[str]
+
+    @property
+    def reapable(self) -> bool:
+        """__oom_reap_task_mm: skip VM_HUGETLB|VM_PFNMAP; reap anonymous or private (not VM_SHARED)."""
+        return not ({"ht", "pf"} & self.flags) and "sh" not in self.flags
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,13 @@ class Op:
     t_fork: int = 0
     t_write: int = 0
     private_vmas: tuple[tuple[int, int], ...] = ()
+    value: int = 0                   # fill, write
+    bad_pages: int = 0               # verify (and fill/write: 0)
+    ksmd_pid: int = 0                # ksm
+    merging_pages: int = -1          # ksm, unmerge: /proc/<pid>/ksm_merging_pages
+    full_scans: int = 0              # ksm
+    full_scans_before: int = 0
+    vmas: tuple[VmaInfo, ...] = ()   # oom: the VMAs before the allocation, and the allocation
 
     def describe(self, base: int = 0) -> str:
         if not self.end:
@@ -56,6 +79,7 @@ def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
     """(workload pid, operations) from mmops's JSON lines; an error line raises."""
     pid, ops = 0, []
     vmas: tuple[tuple[int, int], ...] = ()
+    smaps: tuple[VmaInfo, ...] = ()
     for line in lines:
         kind = str(line.get("op"))
         if "error" in line:
@@ -66,14 +90,25 @@ def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
         if kind == "cow-vmas":
             vmas = tuple((int(s), int(e)) for s, e in line["private_vmas"])
             continue
+        if kind == "vmas":
+            smaps = tuple(sorted((VmaInfo(int(v["start"]), int(v["end"]), v["perms"], frozenset(v["flags"].split()))
+                                  for v in line["vmas"]), key=lambda v: v.start))
+            continue
         if kind in ("probe-stats",):
             continue
         t0 = int(line["t0"])
-        ops.append(Op(kind=kind, t0=t0, t1=int(line.get("t1", t0)), name=line.get("name", ""),
+        # The oom operation never returns: the task is killed inside it.
+        t1 = int(line.get("t1", NEVER if kind == "oom" else t0))
+        ops.append(Op(kind=kind, t0=t0, t1=t1, name=line.get("name", ""),
                       start=int(line.get("start", 0)), end=int(line.get("end", 0)), prot=line.get("prot", ""),
                       thp=bool(line.get("thp", False)), anon_huge_kb=int(line.get("anon_huge_kb", -1)),
                       child=int(line.get("child", 0)), t_fork=int(line.get("t_fork", 0)),
-                      t_write=int(line.get("t_write", 0)), private_vmas=vmas if kind == "cow" else ()))
+                      t_write=int(line.get("t_write", 0)), private_vmas=vmas if kind == "cow" else (),
+                      value=int(line.get("value", 0)), bad_pages=int(line.get("bad_pages", 0)),
+                      ksmd_pid=int(line.get("ksmd_pid", 0)), merging_pages=int(line.get("merging_pages", -1)),
+                      full_scans=int(line.get("full_scans", 0)),
+                      full_scans_before=int(line.get("full_scans_before", 0)),
+                      vmas=smaps if kind == "oom" else ()))
     if not pid:
         raise ModelError("the workload printed no start line")
     return pid, ops
@@ -103,6 +138,7 @@ class AddressSpace:
     vmas: list[Vma] = field(default_factory=list)
     blocks: dict[int, Block] = field(default_factory=dict)     # THP blocks by start
     populated_pmds: set[int] = field(default_factory=set)      # 2 MiB blocks with a non-none PMD
+    ksm_pages: set[int] = field(default_factory=set)           # pages mapping a KSM page (read-only)
 
     def vma_at(self, addr: int) -> Optional[Vma]:
         return next((v for v in self.vmas if v.start <= addr < v.end), None)

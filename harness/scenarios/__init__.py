@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from harness.scenarios.base import Scenario, ScenarioContext
+from harness.scenarios.ksm import Ksm
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
+from harness.scenarios.oom import MemcgOom, MemcgOomNonblockFail
 from harness.scenarios.smoke import Smoke
 
-SCENARIOS: dict[str, Scenario] = {s.name: s for s in (Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease())}
+SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
+    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), MemcgOom(), MemcgOomNonblockFail())}
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]

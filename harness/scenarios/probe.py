@@ -56,7 +56,9 @@ class WorkloadRun:
 
 
 def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[str] = (),
-              timeout: float = 120.0) -> WorkloadRun:
+              timeout: float = 120.0, killed_by: int = 0) -> WorkloadRun:
+    """Run mmops under the probe.  `killed_by`: the signal the workload is meant to die of (the OOM
+    killer's SIGKILL); any other ending is an error carrying the workload's last words."""
     argv = [f"{GUEST_BIN}/nhctl", "run", "--events", EVENTS_FILE, *attach, "--", f"{GUEST_BIN}/mmops", *script]
     result = guest.run(argv, timeout=timeout)
     lines = []
@@ -71,10 +73,13 @@ def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[s
     stats = lines[-1]
     if stats.get("op") != "probe-stats":
         raise GuestError(f"{name}: nhctl printed no counters (last line {stats})")
-    if stats["exit_status"] != 0:
+    if (stats["exit_status"], stats["signal"]) != ((-1, killed_by) if killed_by else (0, 0)):
         errors = [l["error"] for l in lines if "error" in l]
-        raise GuestError(f"{name}: workload exited with status {stats['exit_status']} signal {stats['signal']}"
-                         f"{': ' + errors[0] if errors else ''}")
+        last = [l for l in lines[:-1] if "error" not in l][-1:]
+        how = f"was killed by signal {stats['signal']}" if stats["signal"] else f"exited with status {stats['exit_status']}"
+        expected = f" (expected to be killed by signal {killed_by})" if killed_by else ""
+        raise GuestError(f"{name}: workload {how}{expected}{': ' + errors[0] if errors else ''}"
+                         f"{'; last report: ' + json.dumps(last[0]) if last else ''}")
     records = parse_records(guest.run(["cat", EVENTS_FILE]).stdout_bytes)
     pid, ops = parse_ops(lines[:-1])
     return WorkloadRun(name=name, lines=lines, pid=pid, ops=ops, records=records, stats=stats)
@@ -92,7 +97,8 @@ def format_finding(run: str, f: Finding) -> str:
     return text
 
 
-def judge_run(run: WorkloadRun, features: Features, out_dir: Path) -> tuple[list[str], Judgement]:
+def judge_run(run: WorkloadRun, features: Features, out_dir: Path, nonblocking_pids: frozenset[int] = frozenset(),
+              failing: bool = False) -> tuple[list[str], Judgement]:
     """The model's findings on one run, plus the probe's own honesty checks; evidence to out_dir."""
     findings: list[str] = []
     if run.stats["dropped"]:
@@ -102,7 +108,8 @@ def judge_run(run: WorkloadRun, features: Features, out_dir: Path) -> tuple[list
         findings.append(f"{run.name}: the module handed out {run.stats['read']} records but "
                         f"{len(run.records)} arrived")
     try:
-        judgement = judge(run.records, run.ops, run.pid, features)
+        judgement = judge(run.records, run.ops, run.pid, features, nonblocking_pids=nonblocking_pids,
+                          failing=failing)
     except ModelError as e:
         raise GuestError(f"{run.name}: {e}") from None
     findings += [format_finding(run.name, f) for f in judgement.findings]

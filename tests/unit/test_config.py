@@ -64,7 +64,12 @@ seed: 7
     ("kernels: [debian:6.1]\nscenarios: [nosuch]\n",
      "scenarios[0]: unknown scenario 'nosuch'; valid scenarios: other, smoke"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timout: 3}]\n",
-     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: name, probe_corrupt, timeout"),
+     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: alloc, ksm_pages, ksm_timeout, memcg_max, name, probe_corrupt, "
+     "reaper_wait, timeout"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: smoke, memcg_max: 2M}]\n",
+     "scenarios[0].memcg_max: '2M' is not valid; expected at least 4M"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: smoke, ksm_pages: 1}]\n",
+     "scenarios[0].ksm_pages: 1 is not valid; expected an integer from 2 to 65536"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, probe_corrupt: yes}]\n",
      "scenarios[0].probe_corrupt: True is not valid; expected one of off, drop-end, shrink-range"),
     ("kernels: [debian:sid]\nscenarios: [smoke]\n",

@@ -24,10 +24,12 @@ class TraceBuilder:
         return self.now
 
     def add(self, callback: Callback, start: int = 0, end: int = 0, event: Optional[Event] = None,
-            blockable: bool = True, pid: int = PID, subscriber: Subscriber = Subscriber.PRIMARY) -> "TraceBuilder":
+            blockable: bool = True, pid: int = PID, subscriber: Subscriber = Subscriber.PRIMARY,
+            ret: int = 0) -> "TraceBuilder":
+        failed = ret < 0 or (callback == Callback.INTERVAL_INVALIDATE and ret == 0)
         self.records.append(Record(seq=len(self.records) + 1, time_ns=self.tick(), start=start, end=end,
-                                   callback=callback, event=event, blockable=blockable, ret=0, cpu=0, pid=pid,
-                                   subscriber=subscriber))
+                                   callback=callback, event=event, blockable=blockable, ret=ret, failed=failed,
+                                   cpu=0, pid=pid, subscriber=subscriber))
         return self
 
     def start(self, event: Event, start: int, end: int, **kw) -> "TraceBuilder":

@@ -1,0 +1,49 @@
+"""A cgroup v2 memory controller for one workload, made and removed over SSH."""
+
+from __future__ import annotations
+
+import time
+
+from harness.errors import GuestError
+from harness.guest import Guest
+
+ROOT = "/sys/fs/cgroup"
+
+
+class Memcg:
+    def __init__(self, guest: Guest, name: str, max_mib: int):
+        self.guest = guest
+        self.path = f"{ROOT}/{name}"
+        self.max_bytes = max_mib << 20
+
+    def __enter__(self) -> "Memcg":
+        g = self.guest
+        setup = g.run(["sh", "-c", 'set -e; grep -qw memory "$1/cgroup.subtree_control" || '
+                       'echo +memory > "$1/cgroup.subtree_control"; mkdir "$2"; echo "$3" > "$2/memory.max"; '
+                       'if [ -e "$2/memory.swap.max" ]; then echo 0 > "$2/memory.swap.max"; fi',
+                       "memcg", ROOT, self.path, str(self.max_bytes)])
+        if not setup.ok:
+            self.remove()
+            raise GuestError(f"memcg {self.path} cannot be created: {(setup.stderr or setup.stdout).strip()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def events(self) -> dict[str, int]:
+        text = self.guest.read_text(f"{self.path}/memory.events")
+        return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
+
+    def current(self) -> int:
+        return int(self.guest.read_text(f"{self.path}/memory.current"))
+
+    def procs(self) -> list[int]:
+        return [int(p) for p in self.guest.read_text(f"{self.path}/cgroup.procs").split()]
+
+    def remove(self, tries: int = 20) -> None:
+        """rmdir, retried: a killed task leaves the cgroup a moment after it is reaped."""
+        for _ in range(tries):
+            if self.guest.run(["rmdir", self.path]).ok or not self.guest.run(["test", "-d", self.path]).ok:
+                return
+            time.sleep(0.1)
+        raise GuestError(f"memcg {self.path} could not be removed; tasks left: {self.procs()}")
