@@ -75,3 +75,50 @@ def test_module_build_failure_carries_the_compilers_message(tmp_path):
 def test_module_build_without_a_build_directory(tmp_path):
     with pytest.raises(ArtifactError, match="has no build directory"):
         build_probe_module(kernel_with(tmp_path / "none"), tmp_path / "cache")
+
+
+STATS = '{"op": "probe-stats", "written": 0, "dropped": 0, "read": 0, "attached_pid": 0, "pid": 5, ' \
+        '"exit_status": %d, "signal": %d, "record_size": 64}'
+START = '{"op": "start", "pid": 5, "t0": 1}\n'
+OOM_LINE = '{"op": "oom", "start": 1, "end": 2, "t0": 3}\n'
+
+
+def test_workload_killed_by_another_signal_is_an_error_not_an_oom():
+    from harness.scenarios.probe import run_mmops
+    g = guest({"/opt/nh/bin/nhctl": (0, START + OOM_LINE + STATS % (-1, 15))})
+    with pytest.raises(GuestError, match=r"workload was killed by signal 15 \(expected to be killed by signal 9\); "
+                                         r"last report: .*\"op\": \"oom\""):
+        run_mmops(g, "reap", ["oom:128M"], killed_by=9)
+
+
+def test_an_oom_that_never_comes_is_reported_with_the_workloads_reason():
+    from harness.scenarios.probe import run_mmops
+    survived = '{"op": "oom", "error": "survived: the whole allocation fit under the limit"}\n'
+    g = guest({"/opt/nh/bin/nhctl": (0, START + OOM_LINE + survived + STATS % (1, 0))})
+    with pytest.raises(GuestError, match="workload exited with status 1 .*survived: the whole allocation fit"):
+        run_mmops(g, "reap", ["oom:1M"], killed_by=9)
+
+
+def test_ksmd_timeout_carries_the_counters():
+    from harness.scenarios.probe import run_mmops
+    ksm = '{"op": "ksm", "name": "K", "full_scans": 1, "full_scans_before": 0, "merging_pages": 0, "t0": 3, "t1": 4}\n'
+    err = '{"op": "ksm", "error": "ksmd did not complete two full scans in time (see full_scans)"}\n'
+    g = guest({"/opt/nh/bin/nhctl": (0, START + ksm + err + STATS % (1, 0))})
+    with pytest.raises(GuestError, match=r"two full scans in time.*\"full_scans\": 1"):
+        run_mmops(g, "ksm", ["ksm:K:1"])
+
+
+def test_garbage_from_the_workload_is_an_error():
+    from harness.scenarios.probe import run_mmops
+    g = guest({"/opt/nh/bin/nhctl": (0, START + "Segmentation fault\n")})
+    with pytest.raises(GuestError, match="printed something that is not JSON: 'Segmentation fault'"):
+        run_mmops(g, "x", ["map:A:1M"])
+
+
+def test_a_memcg_that_cannot_be_created():
+    from harness.scenarios.memcg import Memcg
+    g = guest({"sh -c set -e;": (1, "mkdir: can't create directory '/sys/fs/cgroup/nh-x': File exists"),
+               "rmdir": (0, "")})
+    with pytest.raises(GuestError, match="memcg /sys/fs/cgroup/nh-x cannot be created: mkdir: can't create"):
+        with Memcg(g, "nh-x", 32):
+            pass

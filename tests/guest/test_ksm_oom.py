@@ -1,0 +1,46 @@
+"""KSM and memcg OOM on real kernels: the scenarios pass on 6.1 and 6.12, and
+an OOM that never comes or a ksmd too slow is a clear error, after which the
+next scenario still starts clean."""
+
+from __future__ import annotations
+
+import json
+
+from harness.cli import main
+
+
+def test_ksm_and_oom_scenarios_pass_on_6_1_and_6_12(kernels, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out),
+                 "--scenario", "ksm", "--scenario", "memcg-oom", "--scenario", "memcg-oom-nonblock-fail"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert len(rows) == 6 and {r["verdict"] for r in rows} == {"pass"}
+    notes = {(r["kernel"].split(".")[1], r["scenario"]): " ".join(r["notes"]) for r in rows}
+    assert "ksm_merging_pages 64 of 64" in notes[("1", "ksm")]
+    assert "'oom_kill': 1" in notes[("12", "memcg-oom")] and "1 reaping attempt(s)" in notes[("12", "memcg-oom")]
+    assert "10 reaping attempt(s)" in notes[("1", "memcg-oom-nonblock-fail")]
+
+
+def test_no_oom_and_slow_ksmd_are_errors_and_the_next_scenario_runs(kernels, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("""
+kernels: [debian:6.1]
+machine: {accel: tcg, memory: 1G}
+scenarios:
+  - {name: memcg-oom, memcg_max: 64M, alloc: 8M, reaper_wait: 1}
+  - {name: ksm, ksm_timeout: 0.5}
+  - smoke
+""")
+    out = tmp_path / "run"
+    code = main(["run", "-c", str(config), "--out", str(out)])
+    capsys.readouterr()
+    rows = {r["scenario"]: r for r in json.loads((out / "results.json").read_text())["results"]}
+    assert code == 2
+    assert rows["memcg-oom"]["verdict"] == "error"
+    assert "survived: the whole allocation fit under the limit" in rows["memcg-oom"]["findings"][0]
+    assert rows["ksm"]["verdict"] == "error"
+    assert "ksmd did not complete two full scans in time" in rows["ksm"]["findings"][0]
+    assert '"full_scans"' in rows["ksm"]["findings"][0]
+    assert rows["smoke"]["verdict"] == "pass"
