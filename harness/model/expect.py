@@ -208,23 +208,23 @@ def _cow_want(page: int, f: Features, why: str) -> Want:
                 invalidate_range=_ir(f, page, page + PAGE))
 
 
-def expect_write(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
-    """fill and write: a page that maps a KSM page is copied on write; any other was written before."""
+def _break_ksm(op: Op, aspace: AddressSpace, f: Features, why: str) -> Expectation:
     exp = Expectation(op)
     for page in sorted(p for p in aspace.ksm_pages if op.start <= p < op.end):
-        exp.wants.append(_cow_want(page, f, "write to a KSM page: wp_page_copy"))
+        exp.wants.append(_cow_want(page, f, why))
         aspace.ksm_pages.discard(page)
     return exp
+
+
+def expect_write(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """fill and write: a page that maps a KSM page is copied on write; any other was written before."""
+    return _break_ksm(op, aspace, f, "write to a KSM page: wp_page_copy")
 
 
 def expect_unmerge(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     """MADV_UNMERGEABLE: break_ksm faults every KSM page back to a private copy, in address order
     (6.1 with FAULT_FLAG_WRITE, 6.12 with FAULT_FLAG_UNSHARE: wp_page_copy either way)."""
-    exp = Expectation(op)
-    for page in sorted(p for p in aspace.ksm_pages if op.start <= p < op.end):
-        exp.wants.append(_cow_want(page, f, "MADV_UNMERGEABLE: break_ksm"))
-        aspace.ksm_pages.discard(page)
-    return exp
+    return _break_ksm(op, aspace, f, "MADV_UNMERGEABLE: break_ksm")
 
 
 def expect_ksm(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
