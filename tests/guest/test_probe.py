@@ -95,7 +95,8 @@ def test_attach_to_an_exited_process_and_a_workload_that_cannot_start(guest61):
 
 def test_a_workload_error_is_reported_with_its_reason(guest61):
     load_probe(guest61)
-    with pytest.raises(GuestError, match=r"workload exited with status 1 .*munmap"):
+    with pytest.raises(GuestError, match=r"workload exited with status 1: munmap: Invalid argument; "
+                                         r"last report: .*\"op\": \"map\""):
         run_mmops(guest61, "bad", ["map:A:1M:nothp", "munmap:A:3:4K"])
 
 
