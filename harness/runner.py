@@ -105,7 +105,6 @@ class Run:
                             console_log=str(kdir / "console.log"))
                 self.log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used})")
                 guest = Guest(ssh=machine.ssh, release=kernel.release, accel=machine.accel_used)
-                assert machine.console is not None
                 while pending:
                     sc = pending.pop(0)
                     self._record(self._run_scenario(sc, kernel, machine, guest, kdir))
