@@ -93,6 +93,17 @@ def _gather_range(pair: Pair) -> tuple[int, int]:
     return start, end
 
 
+def _missing_callback(callback: Callback, f: Features) -> Optional[tuple[str, str]]:
+    """(rule, message) for a callback this kernel version does not have."""
+    if callback == Callback.CHANGE_PTE and not f.change_pte:
+        return "change-pte", f"change_pte on {f.label}, which has no change_pte (removed in 6.10)"
+    if callback == Callback.INVALIDATE_RANGE and not f.invalidate_range:
+        return "invalidate-range", f"invalidate_range on {f.label}, which has none (6.6 renamed it)"
+    if callback == Callback.ARCH_INVALIDATE and not f.arch_invalidate:
+        return "arch-invalidate", f"arch_invalidate_secondary_tlbs on {f.label}, which predates it"
+    return None
+
+
 def check_contract(records: Sequence[Record], features: Features, *,
                    nonblocking_pids: frozenset[int] = frozenset(), expect_release: bool = False,
                    no_end: frozenset[Subscriber] = frozenset()) -> Trace:
@@ -109,6 +120,10 @@ def check_contract(records: Sequence[Record], features: Features, *,
         findings.append(Finding(rule=rule, message=message, expected=expected, observed=observed or rec.describe(),
                                 window=window_around(records, rec.seq)))
 
+    def range_ok(rec: Record, what: str) -> None:
+        if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
+            add("range", f"{what} [{rec.start:#x}, {rec.end:#x}) is empty or not page-aligned", rec)
+
     previous_seq = 0
     for rec in records:
         if rec.seq != previous_seq + 1:
@@ -116,40 +131,53 @@ def check_contract(records: Sequence[Record], features: Features, *,
                 expected=f"#{previous_seq + 1}")
         previous_seq = rec.seq
 
+        # What the kernel version has, whichever notifier the callback reached.
+        missing = _missing_callback(rec.callback, features)
+        if missing:
+            add(missing[0], missing[1], rec)
+            continue
         if rec.subscriber not in HLIST:
             continue  # interval and TLB notifiers are judged by the scenarios that ask for them
         key = (rec.subscriber, rec.pid)
+        stack = stacks.setdefault(key, [])
         if rec.subscriber in released and rec.callback != Callback.RELEASE:
             add("release", f"{rec.callback.name.lower()} after release (#{released[rec.subscriber].seq}): the "
                            f"mm's notifiers were already unlinked", rec, expected="nothing after release")
-        stack = stacks.setdefault(key, [])
 
+        if rec.callback == Callback.RELEASE:
+            if rec.subscriber in released:
+                add("release", f"release called again (first #{released[rec.subscriber].seq})", rec,
+                    expected="release exactly once")
+            released[rec.subscriber] = rec
+            for (sub, _pid), open_stack in stacks.items():
+                if sub == rec.subscriber:
+                    for open_pair in open_stack:
+                        add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} still open at "
+                                       f"release", open_pair.start)
+                    open_stack.clear()
+            continue
+        if rec.callback in (Callback.CLEAR_FLUSH_YOUNG, Callback.CLEAR_YOUNG):
+            range_ok(rec, rec.callback.name.lower())
+            continue
         if rec.callback in (Callback.START, Callback.END):
-            if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
-                add("range", f"range [{rec.start:#x}, {rec.end:#x}) is empty or not page-aligned", rec)
+            range_ok(rec, "range")
             if not rec.blockable and rec.pid not in nonblocking_pids:
                 add("blockable", "non-blockable range outside the OOM reaper: every other caller uses "
                                  "mmu_notifier_invalidate_range_start(), which sets MMU_NOTIFIER_RANGE_BLOCKABLE", rec,
                     expected="blockable")
-
         if rec.callback == Callback.START and rec.failed:
             if rec.blockable or rec.ret != -EAGAIN:
                 add("failed-start", f"start failed with {rec.ret} in {'' if rec.blockable else 'non-'}blockable "
                                     f"context: only a non-blockable start may fail, and only with -EAGAIN", rec)
-        elif rec.subscriber in no_end:
+            continue
+        if rec.subscriber in no_end:
+            # No windows of its own: nothing to pair or to place callbacks in.
             if rec.callback == Callback.END:
                 add("pairing", f"end from the {rec.subscriber.name.lower()} notifier, which has no "
                                f"invalidate_range_end", rec)
-            elif rec.callback == Callback.CHANGE_PTE and not features.change_pte:
-                add("change-pte", f"change_pte on {features.label}, which has no change_pte (removed in 6.10)", rec)
-            elif rec.callback == Callback.INVALIDATE_RANGE and not features.invalidate_range:
-                add("invalidate-range", f"invalidate_range on {features.label}, which has none (6.6 renamed it)", rec)
-            elif rec.callback == Callback.RELEASE:
-                if rec.subscriber in released:
-                    add("release", f"release called again (first #{released[rec.subscriber].seq})", rec,
-                        expected="release exactly once")
-                released[rec.subscriber] = rec
-        elif rec.callback == Callback.START:
+            continue
+
+        if rec.callback == Callback.START:
             pair = Pair(start=rec, parent=stack[-1] if stack else None)
             if pair.parent:
                 pair.parent.children.append(pair)
@@ -167,9 +195,10 @@ def check_contract(records: Sequence[Record], features: Features, *,
             if depth is None:
                 top = stack.pop()
                 top.end = rec
+                other_flags = "" if rec.blockable == top.start.blockable else " with other flags"
                 add("end-range", f"end #{rec.seq} does not match its start #{top.start.seq}: start was "
                                  f"{top.describe()}, end is {rec.event.name if rec.event else '?'} "
-                                 f"[{rec.start:#x}, {rec.end:#x}){'' if rec.blockable == top.start.blockable else ' with other flags'}",
+                                 f"[{rec.start:#x}, {rec.end:#x}){other_flags}",
                     rec, expected=top.start.describe(), observed=rec.describe())
                 last_closed[key] = top
                 continue
@@ -181,49 +210,26 @@ def check_contract(records: Sequence[Record], features: Features, *,
             closed.end = rec
             last_closed[key] = closed
         elif rec.callback == Callback.CHANGE_PTE:
-            if not features.change_pte:
-                add("change-pte", f"change_pte on {features.label}, which has no change_pte (removed in 6.10)", rec)
-            elif not any(p.range[0] <= rec.start < p.range[1] for p in stack):
+            if not any(p.range[0] <= rec.start < p.range[1] for p in stack):
                 add("change-pte", f"change_pte {rec.start:#x} outside any open start/end window of pid {rec.pid}",
                     rec, expected="inside invalidate_range_start/end (set_pte_at_notify)")
             else:
                 stack[-1].inner.append(rec)
         elif rec.callback == Callback.INVALIDATE_RANGE:
-            if not features.invalidate_range:
-                add("invalidate-range", f"invalidate_range on {features.label}, which has none (6.6 renamed it)", rec)
-            elif stack and any(_contains(p.range, rec.start, rec.end) for p in stack):
+            if stack and any(_contains(p.range, rec.start, rec.end) for p in stack):
                 stack[-1].inner.append(rec)
             elif key in last_closed and _contains(_gather_range(last_closed[key]), rec.start, rec.end):
                 pass  # the mmu_gather flush after the window closed
             else:
                 add("invalidate-range", f"invalidate_range [{rec.start:#x}, {rec.end:#x}) is inside no open window "
                                         f"and not inside the window pid {rec.pid} closed last", rec)
-        elif rec.callback == Callback.ARCH_INVALIDATE:
-            if not features.arch_invalidate:
-                add("arch-invalidate", f"arch_invalidate_secondary_tlbs on {features.label}, which predates it", rec)
-        elif rec.callback in (Callback.CLEAR_FLUSH_YOUNG, Callback.CLEAR_YOUNG):
-            if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
-                add("range", f"{rec.callback.name.lower()} range [{rec.start:#x}, {rec.end:#x}) is empty or "
-                             f"not page-aligned", rec)
-        elif rec.callback == Callback.RELEASE:
-            if rec.subscriber in released:
-                add("release", f"release called again (first #{released[rec.subscriber].seq})", rec,
-                    expected="release exactly once")
-            released[rec.subscriber] = rec
-            for (sub, _pid), open_stack in stacks.items():
-                if sub != rec.subscriber:
-                    continue
-                for open_pair in open_stack:
-                    add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} still open at release",
-                        open_pair.start)
-                open_stack.clear()
 
     for open_stack in stacks.values():
         for open_pair in open_stack:
             add("pairing", f"start #{open_pair.start.seq} {open_pair.describe()} has no end", open_pair.start,
                 expected=f"an end for #{open_pair.start.seq}")
-    seen = {r.subscriber for r in records if r.subscriber in HLIST}
-    for sub in sorted(seen) if expect_release else ():
+    watched = sorted({r.subscriber for r in records if r.subscriber in HLIST}) if expect_release else []
+    for sub in watched:
         if sub not in released:
             findings.append(Finding(rule="release", message=f"the task exited but the {sub.name.lower()} "
                                                             f"notifier's release was never called",

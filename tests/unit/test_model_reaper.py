@@ -133,3 +133,9 @@ LOG_UNABLE = "[ 5.1] nh_failing_range_start+0x0/0x70 [nh_probe] callback failed 
 ])
 def test_reaper_log(log, mode, rules_found):
     assert [f.rule for f in judge_reaper_log(log, 133, mode)] == rules_found
+
+
+def test_version_rules_apply_to_a_notifier_without_end_too():
+    tb = TraceBuilder().add(Callback.CHANGE_PTE, A)
+    assert [x.rule for x in check_contract(tb.records, features_for((6, 12)),
+                                           no_end=frozenset({PRIMARY})).findings] == ["change-pte"]
