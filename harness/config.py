@@ -68,21 +68,12 @@ class Config:
     source: str = "<built-in>"
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config, as written into a run directory."""
+        """The resolved config, as written into a run directory; it loads back as the same Config."""
         return {
             "source": self.source,
             "kernels": [k.text for k in self.kernels],
-            "machine": {
-                "cpus": self.machine.cpus,
-                "memory": f"{self.machine.memory_mib}M",
-                "accel": self.machine.accel,
-                "boot_timeout": self.machine.boot_timeout_s,
-                "kvm_watchdog": self.machine.kvm_watchdog_s,
-                "cmdline": self.machine.cmdline,
-            },
-            "scenarios": [{"name": s.name, "timeout": s.timeout_s, "probe_corrupt": s.probe_corrupt,
-                           "memcg_max": f"{s.memcg_max_mib}M", "alloc": f"{s.alloc_mib}M",
-                           "reaper_wait": s.reaper_wait_s, "ksm_pages": s.ksm_pages, "ksm_timeout": s.ksm_timeout_s}
+            "machine": {key: getattr(self.machine, attr) for key, (attr, _) in _MACHINE_KEYS.items()},
+            "scenarios": [{"name": s.name, **{key: getattr(s, attr) for key, (attr, _) in _SCENARIO_KEYS.items()}}
                           for s in self.scenarios],
             "seed": self.seed,
         }

@@ -120,3 +120,12 @@ def test_overrides_validate_and_keep_scenario_knobs():
         with_overrides(base, kernels=["x"])
     with pytest.raises(ConfigError, match="^--accel: 'vmware' is not valid"):
         with_overrides(base, accel="vmware")
+
+
+def test_resolved_config_loads_back_as_the_same_config():
+    c = parse_config({"kernels": ["debian:6.12"], "machine": {"memory": "1G", "cpus": 3},
+                      "scenarios": [{"name": "smoke", "alloc": "64M", "probe_corrupt": "drop-end"}], "seed": 9},
+                     known_scenarios=KNOWN)
+    data = c.to_dict()
+    source = data.pop("source")
+    assert parse_config(data, source=source, known_scenarios=KNOWN) == c
