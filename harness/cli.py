@@ -96,7 +96,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier-harness",
-                                     description="Boot a kernel under test in QEMU and check its mmu_notifier behaviour.")
+                                     description="Boot a kernel under test in QEMU and check its "
+                                                 "mmu_notifier behaviour.")
     sub = parser.add_subparsers(dest="command_name", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

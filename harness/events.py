@@ -89,10 +89,6 @@ class Record:
     pid: int
     subscriber: Subscriber
 
-    @property
-    def is_range(self) -> bool:
-        return self.callback in (Callback.START, Callback.END)
-
     def describe(self) -> str:
         name = self.callback.name.lower()
         if self.callback in (Callback.START, Callback.END, Callback.INTERVAL_INVALIDATE):
@@ -124,5 +120,6 @@ def parse_records(data: bytes) -> list[Record]:
             raise GuestError(f"probe record #{raw['seq']} is malformed ({e}): layout mismatch?") from None
         records.append(Record(seq=raw["seq"], time_ns=raw["time_ns"], start=raw["start"], end=raw["end"],
                               callback=callback, event=event, blockable=bool(raw["flags"] & REC_BLOCKABLE),
-                              failed=bool(raw["flags"] & REC_FAILED), ret=raw["ret"], cpu=raw["cpu"], pid=raw["pid"], subscriber=subscriber))
+                              failed=bool(raw["flags"] & REC_FAILED), ret=raw["ret"], cpu=raw["cpu"],
+                              pid=raw["pid"], subscriber=subscriber))
     return records

@@ -22,6 +22,7 @@ from harness.config import Config, ScenarioConfig
 from harness.errors import HarnessError
 from harness.guest import Guest
 from harness.kernelspec import KernelSpec
+from harness.model.versions import features_for
 from harness.report import write_reports
 from harness.scenarios import SCENARIOS, ScenarioContext
 from harness.vm.accel import AccelChoice, choose_accel, probe_host
@@ -120,7 +121,8 @@ class Run:
         sdir.mkdir(parents=True, exist_ok=True)
         console = machine.console
         assert console is not None
-        ctx = ScenarioContext(guest=guest, config=sc, seed=self.config.seed, out_dir=sdir,
+        ctx = ScenarioContext(guest=guest, features=features_for(kernel.version), config=sc,
+                              seed=self.config.seed, out_dir=sdir,
                               console_tail=console.tail, init_failures=tuple(console.init_failures))
         start = time.monotonic()
         guest.start_budget(sc.timeout_s)

@@ -49,7 +49,6 @@ enum nh_event {
 /* nh_record.flags */
 #define NH_REC_BLOCKABLE	(1u << 0)	/* range flags had MMU_NOTIFIER_RANGE_BLOCKABLE */
 #define NH_REC_FAILED		(1u << 1)	/* the callback returned an error */
-#define NH_REC_CORRUPTED	(1u << 2)	/* never set: corruption must be found by the oracle */
 
 /* nh_record.subscriber */
 enum nh_subscriber {

@@ -523,8 +523,8 @@ static void op_oom(char **f, int n)
 	size = parse_size("oom", f[1]);
 	print_vmas_with_flags(at, size);
 	t0 = now_ns();
-	printf("{\"op\": \"oom\", \"start\": %lu, \"end\": %lu, \"t0\": %" PRIu64 "}\n", (unsigned long)at,
-	       (unsigned long)(at + size), t0);
+	printf("{\"op\": \"oom\", \"start\": %lu, \"end\": %lu, \"reaper_pid\": %d, \"t0\": %" PRIu64 "}\n",
+	       (unsigned long)at, (unsigned long)(at + size), find_kthread("oom_reaper"), t0);
 	fflush(stdout);
 	if (mmap((void *)at, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) !=
 	    (void *)at)

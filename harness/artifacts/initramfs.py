@@ -250,7 +250,9 @@ def _pack(stage: Path, out: Path) -> None:
         raise ArtifactError(f"cpio failed: {proc.stderr.decode(errors='replace').strip()}")
 
 
-FLOOR_INIT = "#!/bin/busybox sh\n# The floor: nothing but power off, to time the kernel's own boot.\n/bin/busybox poweroff -f\n"
+FLOOR_INIT = ("#!/bin/busybox sh\n"
+              "# The floor: nothing but power off, to time the kernel's own boot.\n"
+              "/bin/busybox poweroff -f\n")
 
 
 def build_floor_initramfs(cache: Path) -> Path:

@@ -63,12 +63,13 @@ class Op:
     value: int = 0                   # fill, write
     bad_pages: int = 0               # verify (and fill/write: 0)
     ksmd_pid: int = 0                # ksm
+    reaper_pid: int = 0              # oom: the oom_reaper kernel thread
     merging_pages: int = -1          # ksm, unmerge: /proc/<pid>/ksm_merging_pages
     full_scans: int = 0              # ksm
     full_scans_before: int = 0
     vmas: tuple[VmaInfo, ...] = ()   # oom: the VMAs before the allocation, and the allocation
 
-    def describe(self, base: int = 0) -> str:
+    def describe(self) -> str:
         if not self.end:
             return self.kind
         prot = f" {self.prot}" if self.prot else ""
@@ -105,7 +106,8 @@ def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
                       child=int(line.get("child", 0)), t_fork=int(line.get("t_fork", 0)),
                       t_write=int(line.get("t_write", 0)), private_vmas=vmas if kind == "cow" else (),
                       value=int(line.get("value", 0)), bad_pages=int(line.get("bad_pages", 0)),
-                      ksmd_pid=int(line.get("ksmd_pid", 0)), merging_pages=int(line.get("merging_pages", -1)),
+                      ksmd_pid=int(line.get("ksmd_pid", 0)), reaper_pid=int(line.get("reaper_pid", 0)),
+                      merging_pages=int(line.get("merging_pages", -1)),
                       full_scans=int(line.get("full_scans", 0)),
                       full_scans_before=int(line.get("full_scans_before", 0)),
                       vmas=smaps if kind == "oom" else ()))

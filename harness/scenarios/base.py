@@ -8,12 +8,14 @@ from typing import Callable, Protocol
 
 from harness.config import ScenarioConfig
 from harness.guest import Guest
+from harness.model.versions import Features
 from harness.verdict import Verdict
 
 
 @dataclass
 class ScenarioContext:
     guest: Guest
+    features: Features            # what the kernel under test has, from its release
     config: ScenarioConfig
     seed: int
     out_dir: Path                 # the scenario's own directory in the run

@@ -4,7 +4,7 @@ the data stays intact throughout (kernel-semantics.md §3, KSM merge)."""
 from __future__ import annotations
 
 from harness.scenarios.base import ScenarioContext
-from harness.scenarios.probe import features_of, judge_run, load_probe, run_mmops
+from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
 
@@ -18,7 +18,7 @@ class Ksm:
         script = [f"map:K:{cfg.ksm_pages * 4}K:nothp", "fill:K:7", f"ksm:K:{int(cfg.ksm_timeout_s)}", "verify:K",
                   "write:K:8K:9", "verify:K", "unmerge:K", "verify:K"]
         run = run_mmops(ctx.guest, "ksm", script, timeout=cfg.ksm_timeout_s + 60)
-        findings, judgement = judge_run(run, features_of(ctx.guest), ctx.out_dir)
+        findings, judgement = judge_run(run, ctx.features, ctx.out_dir)
         ksm = next(op for op in run.ops if op.kind == "ksm")
         ksmd = [r for r in run.records if r.pid == ksm.ksmd_pid]
         notes = [f"ksmd pid {ksm.ksmd_pid}: full_scans {ksm.full_scans_before} -> {ksm.full_scans}, "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from harness.scenarios.base import ScenarioContext
-from harness.scenarios.probe import features_of, judge_run, load_probe, run_mmops
+from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
 
@@ -25,7 +25,7 @@ class ProbeScenario:
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         load_probe(ctx.guest, ctx.config.probe_corrupt)
-        features = features_of(ctx.guest)
+        features = ctx.features
         findings: list[str] = []
         notes: list[str] = []
         if not features.verified:

@@ -7,23 +7,15 @@ from dataclasses import dataclass
 
 from harness.errors import GuestError
 from harness.events import Callback
-from harness.guest import Guest
 from harness.model.reaper import judge_reaper, judge_reaper_log
 from harness.scenarios.base import ScenarioContext
 from harness.scenarios.memcg import Memcg
-from harness.scenarios.probe import features_of, format_finding, judge_run, load_probe, run_mmops
+from harness.scenarios.probe import format_finding, judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
-# mmops puts its first mapping here; the oom operation allocates there.
+# mmops's REGION_BASE: its first mapping, and so the oom operation's allocation, lies here.  The
+# interval notifier must be given before the workload starts; the run checks the address after.
 REGION_BASE = 0x7E0000000000
-
-
-def kthread_pid(guest: Guest, comm: str) -> int:
-    out = guest.check(["sh", "-c", 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = "$1" ] && '
-                       'echo "${p#/proc/}"; done; true', "find", comm]).split()
-    if not out:
-        raise GuestError(f"the guest has no {comm} kernel thread")
-    return int(out[0])
 
 
 @dataclass(frozen=True)
@@ -42,8 +34,7 @@ class MemcgOomScenario:
     def run(self, ctx: ScenarioContext) -> Verdict:
         guest, cfg = ctx.guest, ctx.config
         load_probe(guest, cfg.probe_corrupt)
-        features = features_of(guest)
-        reaper = kthread_pid(guest, "oom_reaper")
+        features = ctx.features
         findings: list[str] = []
         notes: list[str] = []
         for v in self.variants:
@@ -61,10 +52,16 @@ class MemcgOomScenario:
                 events, current, procs = memcg.events(), memcg.current(), memcg.procs()
             log = guest.dmesg().split(marker, 1)[-1]
             (ctx.out_dir / f"{v.name}.dmesg.log").write_text(log)
+            oom_op = next(op for op in run.ops if op.kind == "oom")
+            reaper = oom_op.reaper_pid
+            if not reaper:
+                raise GuestError(f"{v.name}: the guest has no oom_reaper kernel thread")
+            if interval and (oom_op.start, oom_op.end) != interval:
+                raise GuestError(f"{v.name}: the allocation is [{oom_op.start:#x}, {oom_op.end:#x}), not the "
+                                 f"interval [{interval[0]:#x}, {interval[1]:#x}) the probe watched")
             run_findings, judgement = judge_run(run, features, ctx.out_dir, nonblocking_pids=frozenset({reaper}),
                                                 failing="--fail-nonblock" in v.flags)
             findings += run_findings
-            oom_op = next(op for op in run.ops if op.kind == "oom")
             reaped = judge_reaper(run.records, oom_op.vmas, reaper, v.mode, interval)
             findings += [format_finding(v.name, f) for f in reaped.findings]
             findings += [format_finding(v.name, f) for f in judge_reaper_log(log, run.pid, v.mode)]

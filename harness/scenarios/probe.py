@@ -19,7 +19,7 @@ from harness.guest import Guest
 from harness.model.expect import Judgement, judge
 from harness.model.findings import Finding
 from harness.model.ops import ModelError, Op, parse_ops
-from harness.model.versions import Features, features_for
+from harness.model.versions import Features
 
 PARAMS = "/sys/module/nh_probe/parameters"
 EVENTS_FILE = "/tmp/nh-events.bin"
@@ -76,7 +76,8 @@ def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[s
     if (stats["exit_status"], stats["signal"]) != ((-1, killed_by) if killed_by else (0, 0)):
         errors = [l["error"] for l in lines if "error" in l]
         last = [l for l in lines[:-1] if "error" not in l][-1:]
-        how = f"was killed by signal {stats['signal']}" if stats["signal"] else f"exited with status {stats['exit_status']}"
+        how = (f"was killed by signal {stats['signal']}" if stats["signal"]
+               else f"exited with status {stats['exit_status']}")
         expected = f" (expected to be killed by signal {killed_by})" if killed_by else ""
         raise GuestError(f"{name}: workload {how}{expected}{': ' + errors[0] if errors else ''}"
                          f"{'; last report: ' + json.dumps(last[0]) if last else ''}")
@@ -119,8 +120,3 @@ def judge_run(run: WorkloadRun, features: Features, out_dir: Path, nonblocking_p
     (base.with_suffix(".findings.json")).write_text(
         json.dumps([f.to_json() for f in judgement.findings], indent=1) + "\n")
     return findings, judgement
-
-
-def features_of(guest: Guest) -> Features:
-    major, minor = (int(x) for x in guest.release.split(".")[:2])
-    return features_for((major, minor))
