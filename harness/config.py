@@ -55,6 +55,10 @@ class ScenarioConfig:
     # ksm: identical pages to merge, and how long ksmd has for two full scans.
     ksm_pages: int = 64
     ksm_timeout_s: float = 30.0
+    # aging: the region reclaimed through memory.reclaim into zram swap, and how long khugepaged
+    # has for two full scans.
+    reclaim_mib: int = 16
+    khugepaged_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,8 @@ _SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "reaper_wait": ("reaper_wait_s", _seconds),
     "ksm_pages": ("ksm_pages", _int_in(2, 65536)),
     "ksm_timeout": ("ksm_timeout_s", _seconds),
+    "reclaim": ("reclaim_mib", _mib),
+    "khugepaged_timeout": ("khugepaged_timeout_s", _seconds),
 }
 
 _TOP_KEYS = ("kernels", "machine", "scenarios", "seed")

@@ -24,6 +24,13 @@
  *   unmerge:NAME                 MADV_UNMERGEABLE
  *   oom:SIZE                     print the VMAs (from smaps), then mmap SIZE and touch it: expects
  *                                to be killed by the OOM killer; surviving is an error
+ *   cold:NAME:OFF:LEN            madvise(MADV_COLD): PTEs made old and PG_referenced cleared, no callback
+ *   khugepaged:NAME:TIMEOUT      MADV_HUGEPAGE, khugepaged scanning fast until full_scans advanced by 2,
+ *                                then MADV_NOHUGEPAGE and khugepaged's settings restored; reports
+ *                                khugepaged's pid, collapse counters from /proc/vmstat and AnonHugePages
+ *   reclaim:NAME                 print the VMAs, write the mapping's size to the workload's own memcg's
+ *                                memory.reclaim (EAGAIN is reported, not an error); reports
+ *                                lru_gen/enabled and the mapping's Swap from smaps
  *
  * SIZE, OFF and LEN take K and M suffixes.  Before the first operation mmops
  * waits until the probe is attached to it (/sys/module/nh_probe/parameters/
@@ -129,6 +136,25 @@ static long anon_huge_kb(uintptr_t start, uintptr_t end)
 			inside = s >= start && e <= end;
 		else if (inside && !strncmp(p, "AnonHugePages:", 14))
 			total += strtol(p + 14, NULL, 10);
+	}
+	return total;
+}
+
+/* Swap (kB) summed over the VMAs inside [start, end), from /proc/self/smaps. */
+static long swap_kb(uintptr_t start, uintptr_t end)
+{
+	long total = 0;
+	int inside = 0;
+
+	if (read_file("/proc/self/smaps") < 0)
+		return -1;
+	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		unsigned long s, e;
+
+		if (sscanf(p, "%lx-%lx ", &s, &e) == 2)
+			inside = s >= start && e <= end;
+		else if (inside && !strncmp(p, "Swap:", 5))
+			total += strtol(p + 5, NULL, 10);
 	}
 	return total;
 }
@@ -254,7 +280,7 @@ static void op_map(char **f, int n)
 		fail("map", "the mapping is not THP-backed (see anon_huge_kb)", 0);
 }
 
-/* dontneed, mprotect, munmap, touch, split: NAME:OFF:LEN on one mapping. */
+/* dontneed, mprotect, munmap, touch, split, cold: NAME:OFF:LEN on one mapping. */
 static void op_range(const char *op, char **f, int n)
 {
 	struct mapping *m;
@@ -277,6 +303,8 @@ static void op_range(const char *op, char **f, int n)
 		ret = munmap((void *)start, len);
 	} else if (!strcmp(op, "touch")) {
 		touch(start, len);
+	} else if (!strcmp(op, "cold")) {
+		ret = madvise((void *)start, len, MADV_COLD);
 	} else if (!strcmp(op, "split")) {
 		char cmd[96];
 		int fd = open("/sys/kernel/debug/split_huge_pages", O_WRONLY | O_CLOEXEC);
@@ -486,13 +514,13 @@ static void op_unmerge(char **f, int n)
 }
 
 /* Every VMA with the smaps flags the OOM reaper decides by (sh, pf, ht). */
-static void print_vmas_with_flags(uintptr_t extra_start, size_t extra_len)
+static void print_vmas_with_flags(const char *op, uintptr_t extra_start, size_t extra_len)
 {
 	int first = 1;
 	unsigned long s = 0, e = 0;
 
 	if (read_file("/proc/self/smaps") < 0)
-		fail("oom", "read /proc/self/smaps", errno);
+		fail(op, "read /proc/self/smaps", errno);
 	printf("{\"op\": \"vmas\", \"vmas\": [");
 	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
 		char perms[5];
@@ -507,8 +535,10 @@ static void print_vmas_with_flags(uintptr_t extra_start, size_t extra_len)
 		}
 	}
 	/* The allocation about to be made, as its own VMA. */
-	printf("%s{\"start\": %lu, \"end\": %lu, \"perms\": \"rw-p\", \"flags\": \"rd wr mr mw me ac\"}]}\n",
-	       first ? "" : ", ", (unsigned long)extra_start, (unsigned long)(extra_start + extra_len));
+	if (extra_len)
+		printf("%s{\"start\": %lu, \"end\": %lu, \"perms\": \"rw-p\", \"flags\": \"rd wr mr mw me ac\"}",
+		       first ? "" : ", ", (unsigned long)extra_start, (unsigned long)(extra_start + extra_len));
+	printf("]}\n");
 	fflush(stdout);
 }
 
@@ -521,7 +551,7 @@ static void op_oom(char **f, int n)
 	if (n < 2)
 		fail("oom", "usage oom:SIZE", 0);
 	size = parse_size("oom", f[1]);
-	print_vmas_with_flags(at, size);
+	print_vmas_with_flags("oom", at, size);
 	t0 = now_ns();
 	printf("{\"op\": \"oom\", \"start\": %lu, \"end\": %lu, \"reaper_pid\": %d, \"t0\": %" PRIu64 "}\n",
 	       (unsigned long)at, (unsigned long)(at + size), find_kthread("oom_reaper"), t0);
@@ -532,6 +562,119 @@ static void op_oom(char **f, int n)
 	madvise((void *)at, size, MADV_NOHUGEPAGE);
 	touch(at, size);
 	fail("oom", "survived: the whole allocation fit under the limit", 0);
+}
+
+#define THP "/sys/kernel/mm/transparent_hugepage/khugepaged/"
+
+/* A counter from /proc/vmstat, or -1. */
+static long vmstat(const char *name)
+{
+	size_t len = strlen(name);
+
+	if (read_file("/proc/vmstat") < 0)
+		return -1;
+	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (!strncmp(p, name, len) && p[len] == ' ')
+			return strtol(p + len + 1, NULL, 10);
+	return -1;
+}
+
+/*
+ * khugepaged scans fast until two full passes have completed since
+ * MADV_HUGEPAGE registered the mm (the first may have begun before), then
+ * the mapping is made ineligible again so that later passes add nothing.
+ */
+static void op_khugepaged(char **f, int n)
+{
+	static const char *knobs[] = { "scan_sleep_millisecs", "alloc_sleep_millisecs", "pages_to_scan" };
+	static const char *fast[] = { "20", "20", "4096" };
+	char saved[3][32];
+	struct mapping *m;
+	uint64_t t0, t1, deadline;
+	long scans0, scans, alloc0, failed0, timeout_s = n > 2 ? strtol(f[2], NULL, 0) : 30;
+	int kthread;
+
+	if (n < 2)
+		fail("khugepaged", "usage khugepaged:NAME[:TIMEOUT_S]", 0);
+	m = find("khugepaged", f[1]);
+	kthread = find_kthread("khugepaged");
+	for (int i = 0; i < 3; i++) {
+		char path[128];
+
+		snprintf(path, sizeof(path), THP "%s", knobs[i]);
+		if (read_file(path) <= 0)
+			fail("khugepaged", "reading " THP, errno);
+		snprintf(saved[i], sizeof(saved[i]), "%.31s", scratch);
+	}
+	alloc0 = vmstat("thp_collapse_alloc");
+	failed0 = vmstat("thp_collapse_alloc_failed");
+	scans0 = read_long(THP "full_scans");
+	t0 = now_ns();
+	for (int i = 0; i < 3; i++) {
+		char path[128];
+
+		snprintf(path, sizeof(path), THP "%s", knobs[i]);
+		if (write_str(path, fast[i]))
+			fail("khugepaged", "setting khugepaged's scan rate", errno);
+	}
+	if (madvise((void *)m->start, m->size, MADV_HUGEPAGE))
+		fail("khugepaged", "madvise(MADV_HUGEPAGE)", errno);
+	deadline = now_ns() + (uint64_t)timeout_s * 1000000000ULL;
+	while ((scans = read_long(THP "full_scans")) < scans0 + 2 && now_ns() < deadline)
+		usleep(5000);
+	if (madvise((void *)m->start, m->size, MADV_NOHUGEPAGE))
+		fail("khugepaged", "madvise(MADV_NOHUGEPAGE)", errno);
+	t1 = now_ns();
+	for (int i = 0; i < 3; i++) {
+		char path[128];
+
+		snprintf(path, sizeof(path), THP "%s", knobs[i]);
+		write_str(path, saved[i]);
+	}
+	printf("{\"op\": \"khugepaged\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"khugepaged_pid\": %d, "
+	       "\"full_scans\": %ld, \"full_scans_before\": %ld, \"collapse_alloc\": %ld, \"collapse_alloc_failed\": %ld, "
+	       "\"anon_huge_kb\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
+	       (unsigned long)(m->start + m->size), kthread, scans, scans0, vmstat("thp_collapse_alloc") - alloc0,
+	       vmstat("thp_collapse_alloc_failed") - failed0, anon_huge_kb(m->start, m->start + m->size), t0, t1);
+	if (scans < scans0 + 2)
+		fail("khugepaged", "khugepaged did not complete two full scans in time (see full_scans)", 0);
+}
+
+/* Proactive reclaim of the workload's own memcg, from the workload's own task. */
+static void op_reclaim(char **f, int n)
+{
+	struct mapping *m;
+	char path[256], size[32];
+	uint64_t t0, t1;
+	long lru_gen = -1;
+	int fd, err = 0;
+
+	if (n < 2)
+		fail("reclaim", "usage reclaim:NAME", 0);
+	m = find("reclaim", f[1]);
+	if (read_file("/proc/swaps") < 0 || !strchr(scratch, '\n') || !*(strchr(scratch, '\n') + 1))
+		fail("reclaim", "no swap is active: anonymous pages cannot be reclaimed", 0);
+	if (read_file("/proc/self/cgroup") <= 0 || strncmp(scratch, "0::/", 4) || !scratch[4] || scratch[4] == '\n')
+		fail("reclaim", "the workload is not in a memcg of its own (/proc/self/cgroup)", 0);
+	*strchrnul(scratch, '\n') = 0;
+	snprintf(path, sizeof(path), "/sys/fs/cgroup%.200s/memory.reclaim", scratch + 3);
+	if (read_file("/sys/kernel/mm/lru_gen/enabled") > 0)
+		lru_gen = strtol(scratch, NULL, 16);
+	print_vmas_with_flags("reclaim", 0, 0);
+	snprintf(size, sizeof(size), "%zu", m->size);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		fail("reclaim", "open memory.reclaim", errno);
+	t0 = now_ns();
+	if (write(fd, size, strlen(size)) != (ssize_t)strlen(size))
+		err = errno;
+	t1 = now_ns();
+	close(fd);
+	if (err && err != EAGAIN)
+		fail("reclaim", "write memory.reclaim", err);
+	printf("{\"op\": \"reclaim\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"lru_gen\": %ld, \"errno\": %d, "
+	       "\"swap_kb\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
+	       (unsigned long)(m->start + m->size), lru_gen, err, swap_kb(m->start, m->start + m->size), t0, t1);
 }
 
 int main(int argc, char **argv)
@@ -569,8 +712,12 @@ int main(int argc, char **argv)
 			op_unmerge(f, n);
 		else if (!strcmp(f[0], "oom"))
 			op_oom(f, n);
+		else if (!strcmp(f[0], "khugepaged"))
+			op_khugepaged(f, n);
+		else if (!strcmp(f[0], "reclaim"))
+			op_reclaim(f, n);
 		else if (!strcmp(f[0], "dontneed") || !strcmp(f[0], "mprotect") || !strcmp(f[0], "munmap") ||
-			 !strcmp(f[0], "touch") || !strcmp(f[0], "split"))
+			 !strcmp(f[0], "touch") || !strcmp(f[0], "split") || !strcmp(f[0], "cold"))
 			op_range(f[0], f, n);
 		else
 			fail(f[0], "unknown operation", 0);

@@ -21,7 +21,7 @@ from harness.artifacts.modules import ModuleFile, ModuleIndex, read_module_bytes
 from harness.errors import ArtifactError
 
 # Bump when the layout or the way files are staged changes.
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 
 GUEST_DIR = Path(__file__).resolve().parent.parent.parent / "guest"
 
@@ -30,8 +30,9 @@ REQUIRED_MODULES = ("virtio_pci", "virtio_net")
 # Loaded at boot when present: pvpanic turns a panic into a QMP event, button
 # and evdev let the ACPI power button (QMP system_powerdown) reach acpid.
 BOOT_MODULES = REQUIRED_MODULES + ("pvpanic_mmio", "button", "evdev")
-# Shipped, loaded by scenarios that need them.
-EXTRA_MODULES = ("irqbypass", "kvm", "kvm_amd", "kvm_intel")
+# Shipped, loaded by scenarios that need them: KVM, and zram swap with its
+# compressors for reclaim (built in on some kernels, e.g. lzo on 6.12).
+EXTRA_MODULES = ("irqbypass", "kvm", "kvm_amd", "kvm_intel", "zram", "lzo", "lzo_rle")
 
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")

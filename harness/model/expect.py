@@ -26,7 +26,7 @@ from typing import Callable, Optional, Sequence
 from harness.events import Callback, Event, Record, Subscriber
 from harness.model.contract import Pair, Trace, check_contract
 from harness.model.findings import Finding, window_around
-from harness.model.ops import HPAGE, PAGE, AddressSpace, ModelError, Op, block
+from harness.model.ops import HPAGE, PAGE, AddressSpace, Block, ModelError, Op, block
 from harness.model.versions import Features
 
 
@@ -71,8 +71,9 @@ class Expectation:
     anon_huge_kb: Optional[int] = None
     # Whose windows the operation causes: the workload's unless a kernel thread does the work (ksmd).
     pid: Optional[int] = None
-    # Rules that are not a sequence of windows (KSM's per-page counts); given the windows, gives findings.
-    check: Optional[Callable[[list[Pair], Sequence[Record]], list[Finding]]] = None
+    # Rules that are not a sequence of windows (KSM's per-page counts, aging callbacks): given the
+    # operation's top-level windows, its own records (its task, its time) and the whole trace.
+    check: Optional[Callable[[list[Pair], list[Record], Sequence[Record]], list[Finding]]] = None
 
 
 def _ir(f: Features, start: int, end: int) -> Optional[tuple[int, int]]:
@@ -238,7 +239,7 @@ def expect_ksm(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     """
     pages = list(range(op.start, op.end, PAGE))
 
-    def check(pairs: list[Pair], records: Sequence[Record]) -> list[Finding]:
+    def check(pairs: list[Pair], _own: list[Record], records: Sequence[Record]) -> list[Finding]:
         findings: list[Finding] = []
 
         def add(message: str, seq: int = 0, expected: str = "") -> None:
@@ -275,10 +276,161 @@ def expect_ksm(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     return Expectation(op, pid=op.ksmd_pid, check=check)
 
 
+def expect_cold(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """MADV_COLD on PTE-mapped pages: the PTEs are made old and PG_referenced cleared with no callback
+    (madvise_cold_or_pageout_pte_range).  A PMD-mapped THP in the range is split or aged there instead,
+    which the model does not encode."""
+    for b0, blk in aspace.blocks.items():
+        if blk.pmd_mapped and b0 < op.end and op.start < b0 + HPAGE:
+            raise ModelError(f"MADV_COLD over the PMD-mapped THP at {b0:#x} is not modelled")
+    aspace.make_old(op.start, op.end)
+    return Expectation(op)
+
+
+def _young(rule: str, op: Op, message: str, rec: Optional[Record], records: Sequence[Record],
+           expected: str = "", observed: str = "") -> Finding:
+    return Finding(rule=rule, op=op.describe(), message=message, expected=expected,
+                   observed=observed or (rec.describe() if rec else ""),
+                   window=window_around(records, rec.seq) if rec else ())
+
+
+def expect_khugepaged(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """khugepaged scanning a mapping made eligible with MADV_HUGEPAGE (§3 idle page tracking, khugepaged).
+
+    hpage_collapse_scan_pmd (and __collapse_huge_page_isolate after the collapse's own window) counts a
+    PTE as referenced when `pte_young || folio young || folio referenced || mmu_notifier_test_young`:
+    test_young is asked exactly for the PTEs the CPU has not marked accessed since MADV_COLD, and never
+    for the others.  A block with no referenced PTE is left alone (SCAN_LACK_REFERENCED_PAGE); a block
+    with one is collapsed (unless the huge page allocation fails): one CLEAR over the whole 2 MiB block
+    from collapse_huge_page, after which the block is PMD-mapped.
+    """
+    blocks = [b for b in range(block(op.start)[0], op.end, HPAGE)
+              if op.start <= b and b + HPAGE <= op.end and aspace.owns(b, b + HPAGE)
+              and not (aspace.blocks.get(b) and aspace.blocks[b].pmd_mapped)]
+    young = {p for p in aspace.young if op.start <= p < op.end}
+    old = {p for b in blocks for p in range(b, b + HPAGE, PAGE) if p not in young}
+    collapsing = [b for b in blocks if any(b <= p < b + HPAGE for p in young)]
+    may_fail = op.collapse_alloc_failed > 0
+    wants = [Want(Event.CLEAR, b, b + HPAGE, "khugepaged: collapse_huge_page of a block with a referenced PTE",
+                  invalidate_range=_ir(f, b, b + HPAGE)) for b in collapsing]
+
+    def check(pairs: list[Pair], own: list[Record], records: Sequence[Record]) -> list[Finding]:
+        findings: list[Finding] = []
+        tested: set[int] = set()
+        for r in own:
+            if r.callback == Callback.TEST_YOUNG:
+                if r.start in young:
+                    findings.append(_young("test-young", op, f"test_young {r.start:#x} on a page whose PTE is "
+                                           f"young: khugepaged asks the secondary MMU only about old PTEs", r, records,
+                                           expected="no test_young for a young PTE"))
+                elif r.start not in old:
+                    findings.append(_young("test-young", op, f"test_young {r.start:#x} outside the mapping's "
+                                           f"eligible blocks", r, records))
+                tested.add(r.start)
+            elif r.callback in (Callback.CLEAR_YOUNG, Callback.CLEAR_FLUSH_YOUNG):
+                findings.append(_young("test-young", op, f"{r.callback.name.lower()} from khugepaged, which only "
+                                       f"tests", r, records, expected="test_young only"))
+        untested = sorted(old - tested)
+        if untested:
+            findings.append(_young("test-young", op, f"{len(untested)} old PTEs khugepaged scanned were never "
+                                   f"tested with test_young, first {untested[0]:#x}", None, records,
+                                   expected=f"test_young at each of the {len(old)} old PTEs",
+                                   observed=f"{len(tested)} pages tested"))
+        allows = [Allow(Event.CLEAR, "a collapse whose huge page allocation may have failed and been retried",
+                        lambda s, e: s in collapsing and e == s + HPAGE)] if may_fail else []
+        findings += _match(pairs, [] if may_fail else wants, allows, op.describe(), records, f)
+        huge = len(collapsing) * 2048
+        if not may_fail and op.anon_huge_kb >= 0 and op.anon_huge_kb != huge:
+            findings.append(Finding(rule="thp-state", op=op.describe(),
+                                    message=f"{op.anon_huge_kb} kB PMD-mapped after khugepaged's scans; blocks with "
+                                            f"a referenced PTE: {len(collapsing)} of {len(blocks)}",
+                                    expected=f"AnonHugePages {huge} kB", observed=f"AnonHugePages {op.anon_huge_kb} kB"))
+        return findings
+
+    if not may_fail:
+        for b in collapsing:
+            aspace.blocks[b] = Block()
+            aspace.populated_pmds.add(b)
+    return Expectation(op, pid=op.khugepaged_pid, check=check)
+
+
+def expect_reclaim(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
+    """Proactive reclaim of the workload's memcg from its own task (memory.reclaim), with swap.
+
+    shrink_folio_list checks each folio's references (folio_referenced_one) before try_to_unmap:
+      * classic LRU, and MGLRU on kernels whose look-around has no notifier (6.1): clear_flush_young
+        on each PTE (ptep_clear_flush_young_notify);
+      * MGLRU on 6.12: lru_gen_look_around instead, which calls clear_young (ptep_clear_young_notify)
+        on the PTE and its young neighbours, and the MGLRU page table walk may age any VMA the same way;
+        clear_flush_young is then not used for PTE-mapped folios.
+    A page that goes to swap is unmapped by try_to_unmap_one: a 4 KiB CLEAR from the reclaiming task,
+    after its references were checked.  Nothing ever calls test_young here.
+    """
+    mglru = op.lru_gen > 0 and bool(op.lru_gen & 1)
+    aging = Callback.CLEAR_YOUNG if mglru and f.mglru_clear_young else Callback.CLEAR_FLUSH_YOUNG
+    other = Callback.CLEAR_FLUSH_YOUNG if aging == Callback.CLEAR_YOUNG else Callback.CLEAR_YOUNG
+    why = (f"lru_gen/enabled {op.lru_gen:#06x} on {f.label}: "
+           + ("MGLRU look-around calls clear_young" if aging == Callback.CLEAR_YOUNG
+              else "folio_referenced_one calls clear_flush_young"))
+    vmas = [(v.start, v.end) for v in op.vmas]
+
+    def in_vma(s: int, e: int) -> bool:
+        return any(vs <= s and e <= ve for vs, ve in vmas)
+
+    def page_or_pmd(s: int, e: int) -> bool:
+        return (e - s == PAGE and s % PAGE == 0) or (e - s == HPAGE and s % HPAGE == 0)
+
+    def check(pairs: list[Pair], own: list[Record], records: Sequence[Record]) -> list[Finding]:
+        findings: list[Finding] = []
+        aged: dict[int, Record] = {}
+        for r in own:
+            if r.callback == aging:
+                if not (page_or_pmd(r.start, r.end) and in_vma(r.start, r.end)):
+                    findings.append(_young("aging", op, f"{aging.name.lower()} [{r.start:#x}, {r.end:#x}) is not "
+                                           f"one page or PMD of a VMA of the workload", r, records))
+                for p in range(r.start, r.end, PAGE):
+                    aged.setdefault(p, r)
+            elif r.callback == other:
+                findings.append(_young("aging", op, f"{other.name.lower()} during reclaim, where {why}", r, records,
+                                       expected=aging.name.lower()))
+            elif r.callback == Callback.TEST_YOUNG:
+                findings.append(_young("aging", op, "test_young during reclaim: only khugepaged and DAMON ask it",
+                                       r, records))
+        in_region = [p for p in aged if op.start <= p < op.end]
+        if not in_region:
+            findings.append(_young("aging", op, f"no {aging.name.lower()} on the mapping while reclaim scanned it "
+                                   f"({why})", None, records, expected=f"{aging.name.lower()} on its pages",
+                                   observed=f"{len(aged)} pages aged elsewhere"))
+        unmapped: set[int] = set()
+        for pair in pairs:
+            s, e = pair.range
+            if pair.event != Event.CLEAR or e - s != PAGE or not in_vma(s, e):
+                findings.append(_young("unexpected", op, f"unexpected window {pair.describe()} during reclaim",
+                                       pair.start, records, expected="4 KiB CLEARs from try_to_unmap_one"))
+                continue
+            if s not in aged or aged[s].seq > pair.start.seq:
+                findings.append(_young("aging", op, f"page {s:#x} was unmapped for swap-out ({pair.describe()}) "
+                                       f"before any {aging.name.lower()} on it: shrink_folio_list checks references "
+                                       f"first", pair.start, records))
+            unmapped.add(s)
+        swapped = max(op.swap_kb, 0) // 4
+        if op.swap_kb == 0:
+            findings.append(_young("reclaim", op, f"memory.reclaim swapped nothing of the mapping out "
+                                   f"(errno {op.errno}); the scenario saw no reclaim", None, records))
+        if len([p for p in unmapped if op.start <= p < op.end]) < swapped:
+            findings.append(_young("reclaim", op, f"{swapped} pages of the mapping are in swap but only "
+                                   f"{len(unmapped)} were unmapped under a CLEAR window", None, records,
+                                   expected=f"a 4 KiB CLEAR for each of the {swapped} swapped pages"))
+        return findings
+
+    return Expectation(op, check=check)
+
+
 _EXPECT: dict[str, Callable[[Op, AddressSpace, Features], Expectation]] = {
     "dontneed": expect_dontneed, "mprotect": expect_mprotect, "munmap": expect_munmap,
     "split": expect_split, "cow": expect_cow, "fill": expect_write, "write": expect_write,
-    "unmerge": expect_unmerge, "ksm": expect_ksm,
+    "unmerge": expect_unmerge, "ksm": expect_ksm, "cold": expect_cold, "khugepaged": expect_khugepaged,
+    "reclaim": expect_reclaim,
 }
 
 
@@ -301,6 +453,10 @@ def expectations(ops: Sequence[Op], f: Features) -> list[Expectation]:
             exp = Expectation(op, checked=False)
         else:
             raise ModelError(f"operation {op.kind!r} has no expectation in the model")
+        if op.kind in ("touch", "fill", "write", "verify"):
+            aspace.access(op.start, op.end)      # the CPU marks every PTE it goes through accessed
+        elif op.kind == "cow":
+            aspace.access(op.start, op.start + PAGE)
         if op.name in regions and regions[op.name][2]:
             start, end, _ = regions[op.name]
             exp.anon_huge_kb = sum(2048 for b0, blk in aspace.blocks.items()
@@ -379,8 +535,16 @@ def judge(records: Sequence[Record], ops: Sequence[Op], pid: int, f: Features, *
     """
     exited = any(op.kind in ("exit", "oom") for op in ops)
     observer = Subscriber.SECOND if failing else Subscriber.PRIMARY
+    cold = [op for op in ops if op.kind == "cold"]
+
+    def gather_flush(r: Record) -> bool:
+        """MADV_COLD's own mmu_gather flush: the workload's, during it, inside its range."""
+        return r.pid == pid and any(op.t0 <= r.time_ns <= op.t1 and op.start <= r.start and r.end <= op.end
+                                    for op in cold)
+
     trace = check_contract(records, f, nonblocking_pids=nonblocking_pids, expect_release=exited,
-                           no_end=frozenset({Subscriber.PRIMARY}) if failing else frozenset())
+                           no_end=frozenset({Subscriber.PRIMARY}) if failing else frozenset(),
+                           bare_invalidate=gather_flush)
     findings = list(trace.findings)
     checked = 0
     for exp in expectations(ops, f):
@@ -391,7 +555,7 @@ def judge(records: Sequence[Record], ops: Sequence[Op], pid: int, f: Features, *
         window = [r for r in records if exp.op.t0 <= r.time_ns <= exp.op.t1 and r.pid == who
                   and r.subscriber == observer]
         if exp.check is not None:
-            findings += exp.check(trace.top_level(window), records)
+            findings += exp.check(trace.top_level(window), window, records)
         else:
             findings += _match(trace.top_level(window), exp.wants, exp.allows, exp.op.describe(), records, f)
         if exp.op.bad_pages:
@@ -409,6 +573,6 @@ def judge(records: Sequence[Record], ops: Sequence[Op], pid: int, f: Features, *
     if exit_op and release and release[0].time_ns < exit_op.t0:
         findings.append(Finding(rule="release", message="release came before the workload's exit",
                                 op="exit", window=window_around(records, release[0].seq)))
-    helpers = {op.ksmd_pid for op in ops if op.ksmd_pid}
+    helpers = {p for op in ops for p in (op.ksmd_pid, op.khugepaged_pid) if p}
     background = [r for r in records if r.pid != pid and r.pid not in helpers]
     return Judgement(trace=trace, findings=findings, background=background, checked_ops=checked)

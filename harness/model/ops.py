@@ -67,7 +67,13 @@ class Op:
     merging_pages: int = -1          # ksm, unmerge: /proc/<pid>/ksm_merging_pages
     full_scans: int = 0              # ksm
     full_scans_before: int = 0
-    vmas: tuple[VmaInfo, ...] = ()   # oom: the VMAs before the allocation, and the allocation
+    vmas: tuple[VmaInfo, ...] = ()   # oom: the VMAs before the allocation, and the allocation; reclaim: all
+    khugepaged_pid: int = 0          # khugepaged
+    collapse_alloc: int = 0          # khugepaged: /proc/vmstat thp_collapse_alloc delta
+    collapse_alloc_failed: int = 0   # khugepaged: thp_collapse_alloc_failed delta
+    lru_gen: int = -1                # reclaim: /sys/kernel/mm/lru_gen/enabled (-1: no MGLRU)
+    errno: int = 0                   # reclaim: the write to memory.reclaim (EAGAIN: reclaimed less)
+    swap_kb: int = -1                # reclaim: Swap of the mapping afterwards
 
     def describe(self) -> str:
         if not self.end:
@@ -110,7 +116,12 @@ def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
                       merging_pages=int(line.get("merging_pages", -1)),
                       full_scans=int(line.get("full_scans", 0)),
                       full_scans_before=int(line.get("full_scans_before", 0)),
-                      vmas=smaps if kind == "oom" else ()))
+                      vmas=smaps if kind in ("oom", "reclaim") else (),
+                      khugepaged_pid=int(line.get("khugepaged_pid", 0)),
+                      collapse_alloc=int(line.get("collapse_alloc", 0)),
+                      collapse_alloc_failed=int(line.get("collapse_alloc_failed", 0)),
+                      lru_gen=int(line.get("lru_gen", -1)), errno=int(line.get("errno", 0)),
+                      swap_kb=int(line.get("swap_kb", -1))))
     if not pid:
         raise ModelError("the workload printed no start line")
     return pid, ops
@@ -141,6 +152,15 @@ class AddressSpace:
     blocks: dict[int, Block] = field(default_factory=dict)     # THP blocks by start
     populated_pmds: set[int] = field(default_factory=set)      # 2 MiB blocks with a non-none PMD
     ksm_pages: set[int] = field(default_factory=set)           # pages mapping a KSM page (read-only)
+    # Pages whose PTE has the accessed bit: the CPU sets it on every access (map, touch, fill, write,
+    # verify); MADV_COLD clears it without a callback.  khugepaged asks test_young only of old PTEs.
+    young: set[int] = field(default_factory=set)
+
+    def access(self, start: int, end: int) -> None:
+        self.young.update(range(start, end, PAGE))
+
+    def make_old(self, start: int, end: int) -> None:
+        self.young.difference_update(range(start, end, PAGE))
 
     def vma_at(self, addr: int) -> Optional[Vma]:
         return next((v for v in self.vmas if v.start <= addr < v.end), None)
@@ -158,6 +178,7 @@ class AddressSpace:
             raise ModelError("mmops maps at 2 MiB-aligned addresses; the model assumes it")
         self.vmas.append(Vma(op.start, op.end, "rw", op.thp))
         self.vmas.sort(key=lambda v: v.start)
+        self.access(op.start, op.end)
         for b in range(op.start, op.end, HPAGE):
             self.populated_pmds.add(b)
             if op.thp and b + HPAGE <= op.end:

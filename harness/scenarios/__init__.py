@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.scenarios.aging import Aging
 from harness.scenarios.base import Scenario, ScenarioContext
 from harness.scenarios.ksm import Ksm
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
@@ -9,6 +10,6 @@ from harness.scenarios.oom import MemcgOom, MemcgOomNonblockFail
 from harness.scenarios.smoke import Smoke
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), MemcgOom(), MemcgOomNonblockFail())}
+    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail())}
 
 __all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 from harness.errors import GuestError
 from harness.guest import Guest
@@ -11,16 +12,19 @@ ROOT = "/sys/fs/cgroup"
 
 
 class Memcg:
-    def __init__(self, guest: Guest, name: str, max_mib: int):
+    """`max_mib` None: no limit, and swap allowed (for reclaim); else memory.max and no swap (for OOM)."""
+
+    def __init__(self, guest: Guest, name: str, max_mib: Optional[int]):
         self.guest = guest
         self.path = f"{ROOT}/{name}"
-        self.max_bytes = max_mib << 20
+        self.max_bytes = max_mib << 20 if max_mib is not None else None
 
     def __enter__(self) -> "Memcg":
         g = self.guest
+        limits = ('echo "$3" > "$2/memory.max"; if [ -e "$2/memory.swap.max" ]; then echo 0 > "$2/memory.swap.max"; '
+                  'fi' if self.max_bytes is not None else "true")
         setup = g.run(["sh", "-c", 'set -e; grep -qw memory "$1/cgroup.subtree_control" || '
-                       'echo +memory > "$1/cgroup.subtree_control"; mkdir "$2"; echo "$3" > "$2/memory.max"; '
-                       'if [ -e "$2/memory.swap.max" ]; then echo 0 > "$2/memory.swap.max"; fi',
+                       f'echo +memory > "$1/cgroup.subtree_control"; mkdir "$2"; {limits}',
                        "memcg", ROOT, self.path, str(self.max_bytes)])
         if not setup.ok:
             self.remove()

@@ -73,7 +73,7 @@ class MemcgOomScenario:
             if events.get("oom", 0) < 1 or events.get("oom_kill", 0) != 1:
                 findings.append(f"{v.name}: memory.events says oom {events.get('oom')} and oom_kill "
                                 f"{events.get('oom_kill')}; expected oom >= 1 and oom_kill == 1")
-            if current >= memcg.max_bytes:
+            if memcg.max_bytes is not None and current >= memcg.max_bytes:
                 findings.append(f"{v.name}: the memcg still charges {current} bytes after the mm was released "
                                 f"(memory.max {memcg.max_bytes})")
             if procs:

@@ -1,4 +1,4 @@
-"""KSM and memcg OOM on real kernels: the scenarios pass on 6.1 and 6.12, and
+"""KSM, aging and memcg OOM on real kernels: the scenarios pass on 6.1 and 6.12, and
 an OOM that never comes or a ksmd too slow is a clear error, after which the
 next scenario still starts clean."""
 
@@ -9,16 +9,19 @@ import json
 from harness.cli import main
 
 
-def test_ksm_and_oom_scenarios_pass_on_6_1_and_6_12(kernels, tmp_path, capsys):
+def test_ksm_aging_and_oom_scenarios_pass_on_6_1_and_6_12(kernels, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out),
-                 "--scenario", "ksm", "--scenario", "memcg-oom", "--scenario", "memcg-oom-nonblock-fail"])
+    code = main(["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out), "--scenario", "ksm",
+                 "--scenario", "aging", "--scenario", "memcg-oom", "--scenario", "memcg-oom-nonblock-fail"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     rows = json.loads((out / "results.json").read_text())["results"]
-    assert len(rows) == 6 and {r["verdict"] for r in rows} == {"pass"}
+    assert len(rows) == 8 and {r["verdict"] for r in rows} == {"pass"}
     notes = {(r["kernel"].split(".")[1], r["scenario"]): " ".join(r["notes"]) for r in rows}
     assert "ksm_merging_pages 64 of 64" in notes[("1", "ksm")]
+    # The aging callback reclaim uses differs by version: MGLRU (on by default on 6.12) look-around.
+    assert "lru_gen/enabled 0x0000" in notes[("1", "aging")] and " 0 clear_young" in notes[("1", "aging")]
+    assert " 0 clear_flush_young" in notes[("12", "aging")] and "AnonHugePages 2048 kB" in notes[("12", "aging")]
     assert "'oom_kill': 1" in notes[("12", "memcg-oom")] and "1 reaping attempt(s)" in notes[("12", "memcg-oom")]
     assert "10 reaping attempt(s)" in notes[("1", "memcg-oom-nonblock-fail")]
 
@@ -31,6 +34,7 @@ machine: {accel: tcg, memory: 1G}
 scenarios:
   - {name: memcg-oom, memcg_max: 64M, alloc: 8M, reaper_wait: 1}
   - {name: ksm, ksm_timeout: 0.5}
+  - {name: aging, khugepaged_timeout: 0.01}
   - smoke
 """)
     out = tmp_path / "run"
@@ -43,4 +47,6 @@ scenarios:
     assert rows["ksm"]["verdict"] == "error"
     assert "ksmd did not complete two full scans in time" in rows["ksm"]["findings"][0]
     assert '"full_scans"' in rows["ksm"]["findings"][0]
+    assert rows["aging"]["verdict"] == "error"
+    assert "khugepaged did not complete two full scans in time" in rows["aging"]["findings"][0]
     assert rows["smoke"]["verdict"] == "pass"
