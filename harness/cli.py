@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from harness.config import ACCELERATORS, Config, load_config, with_overrides
 from harness.errors import HarnessError
@@ -21,7 +21,13 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
 
 def _log(message: str) -> None:
-    print(message, flush=True)
+    # On a terminal the live progress line is erased first; CI logs get plain lines.
+    print(("\x1b[2K" if sys.stdout.isatty() else "") + message, flush=True)
+
+
+def _progress(line: str) -> None:
+    if sys.stdout.isatty():
+        print(f"\x1b[2KRUN   {line} ...", end="\r", flush=True)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -31,13 +37,18 @@ def _load(args: argparse.Namespace) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness.report import summary_table
-    from harness.runner import Run, new_run_dir
-    from harness.verdict import exit_code
+    from harness.runner import new_run_dir
 
     config = _load(args)
-    out = Path(args.out) if args.out else new_run_dir()
-    run = Run(config=config, out_dir=out, log=_log)
+    return _execute(config, Path(args.out) if args.out else new_run_dir())
+
+
+def _execute(config: Config, out: Path, on_done: Optional[Callable[[Any], None]] = None) -> int:
+    from harness.report import summary_table
+    from harness.runner import Run
+    from harness.verdict import exit_code
+
+    run = Run(config=config, out_dir=out, log=_log, progress=_progress, on_done=on_done)
     try:
         results = run.execute()
     finally:
@@ -45,6 +56,53 @@ def cmd_run(args: argparse.Namespace) -> int:
             _log("\n" + summary_table(run.results))
         _log(f"results: {out / 'results.json'}  junit: {out / 'junit.xml'}")
     return exit_code(results)
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    """Rerun one scenario of a run with the same kernel, settings and seed."""
+    from dataclasses import replace
+
+    from harness.rundir import RunDirError, load_run
+    from harness.runner import Run, new_run_dir, release_dir
+
+    target = Path(args.scenario_dir).resolve()
+    run_dir = next((p for p in (target.parent, target.parent.parent) if (p / "results.json").is_file()), None)
+    if run_dir is None:
+        raise RunDirError(f"{args.scenario_dir} is not a scenario of a run: expected RUN_DIR/KERNEL/SCENARIO "
+                          f"or RUN_DIR/SCENARIO with RUN_DIR/results.json")
+    run = load_run(run_dir)
+    config = run.config(known_scenarios=SCENARIOS)
+    kernels = {k.get("release"): k["spec"] for k in run.document["run"].get("kernels", []) if k.get("release")}
+    if target.parent == run_dir:          # RUN_DIR/SCENARIO: every kernel of the run
+        leaf, specs = target.name, [spec for spec in config.kernels]
+    else:
+        leaf = target.name
+        spec_text = next((s for rel, s in kernels.items() if release_dir(rel) == target.parent.name), None)
+        if spec_text is None:
+            raise RunDirError(f"{target.parent.name} is not a kernel of the run in {run_dir}")
+        specs = [k for k in config.kernels if k.text == spec_text]
+    slots = dict((name, sc) for sc, name in Run(config=config, out_dir=run_dir).slots())
+    if leaf not in slots:
+        raise RunDirError(f"{leaf} is not a scenario of the run in {run_dir} (it has: {', '.join(slots)})")
+    again = replace(config, kernels=tuple(specs), scenarios=(slots[leaf],))
+    if args.accel:
+        again = replace(again, machine=replace(again.machine, accel=args.accel))
+    out = Path(args.out) if args.out else new_run_dir(prefix="repro-")
+    _log(f"repro of {target} (seed {again.seed}) into {out}")
+    def shell(machine: Any) -> None:
+        _log("shell on the guest after the scenario; exit it to power the guest off")
+        machine.ssh.interactive()
+    return _execute(again, out, on_done=shell if args.shell else None)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from harness.compare import compare, format_comparison
+    from harness.rundir import load_run
+
+    a, b = load_run(Path(args.run_a)), load_run(Path(args.run_b))
+    result = compare(a, b)
+    print(format_comparison(result, args.run_a, args.run_b))
+    return 1 if result.regressed else 0
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -125,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list scenarios and kernels")
     lst.add_argument("-c", "--config", default=str(DEFAULT_CONFIG))
     lst.set_defaults(func=cmd_list)
+
+    repro = sub.add_parser("repro", help="rerun one scenario of a run: same kernel, settings and seed")
+    repro.add_argument("scenario_dir", metavar="RUN_DIR/SCENARIO",
+                       help="a scenario's directory in a run (RUN_DIR/KERNEL/SCENARIO), or RUN_DIR/SCENARIO "
+                            "for every kernel of the run")
+    repro.add_argument("--shell", action="store_true", help="keep the guest up afterwards with a shell into it")
+    repro.add_argument("--accel", choices=ACCELERATORS, help="accelerator (default: the run's)")
+    repro.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/repro-<timestamp>-<id>/)")
+    repro.set_defaults(func=cmd_repro)
+
+    cmp = sub.add_parser("compare", help="scenarios whose verdict or findings changed between two runs; "
+                                         "exit 1 when something regressed")
+    cmp.add_argument("run_a", metavar="RUN_A", help="the baseline run directory")
+    cmp.add_argument("run_b", metavar="RUN_B", help="the run to compare with it")
+    cmp.set_defaults(func=cmd_compare)
 
     bench = sub.add_parser("bench", help="boot-to-ready of the harness against the raw QEMU floor")
     common(bench)

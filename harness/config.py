@@ -37,6 +37,7 @@ class MachineConfig:
 
 
 PROBE_CORRUPTIONS = ("off", "drop-end", "shrink-range")
+FAULTS = ("none", "panic", "warn", "oops", "lockup", "hung-task", "hang", "qemu-stop", "qemu-kill", "ssh-cut")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class ScenarioConfig:
     # has for two full scans.
     reclaim_mib: int = 16
     khugepaged_timeout_s: float = 30.0
+    # fault: what to inject mid-scenario (the harness's own crash handling tests).
+    fault: str = "none"
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ _SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "ksm_timeout": ("ksm_timeout_s", _seconds),
     "reclaim": ("reclaim_mib", _mib),
     "khugepaged_timeout": ("khugepaged_timeout_s", _seconds),
+    "fault": ("fault", _one_of(FAULTS)),
 }
 
 _TOP_KEYS = ("kernels", "machine", "scenarios", "seed")

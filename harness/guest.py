@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
-from harness.errors import GuestError
+from harness.errors import CommandTimeout, GuestError
 from harness.vm.ssh import CommandResult, SshSession
 
 
@@ -22,6 +22,8 @@ class Guest:
     # The running scenario's time limit: no command may outlive it.
     deadline: Optional[float] = None
     budget_s: float = 0.0
+    # Raises MachineLost when the machine is gone (the runner passes Machine.check_health).
+    watch: Optional[Callable[[], None]] = None
 
     def start_budget(self, seconds: float) -> None:
         self.budget_s = seconds
@@ -32,12 +34,12 @@ class Guest:
             return wanted
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise GuestError(f"scenario time limit of {self.budget_s:.0f} s exceeded")
+            raise CommandTimeout(f"scenario time limit of {self.budget_s:.0f} s exceeded")
         return min(wanted, left)
 
     def run(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> CommandResult:
         """Run and return the result whatever its exit status."""
-        return self.ssh.run(argv, timeout=self._timeout(timeout))
+        return self.ssh.run(argv, timeout=self._timeout(timeout), watch=self.watch)
 
     def check(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> str:
         """Run, insist on exit 0, return stdout."""

@@ -12,14 +12,15 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from harness import __version__
 from harness.artifacts.cache import cache_root
 from harness.artifacts.kernel import Kernel
 from harness.artifacts.prepare import prepare
 from harness.config import Config, ScenarioConfig
-from harness.errors import HarnessError
+from harness.console_reports import PROBE_TAINT, Report, classify, taint_letters
+from harness.errors import CommandTimeout, GuestError, HarnessError, MachineLost, OutputError
 from harness.guest import Guest
 from harness.kernelspec import KernelSpec
 from harness.model.versions import features_for
@@ -30,6 +31,8 @@ from harness.vm.machine import Machine
 from harness.verdict import Result, Verdict
 
 Log = Callable[[str], None]
+# A guest that cannot run `true` in this long after its scenario ran out of time is hung.
+HANG_PROBE_S = 10.0
 
 
 def new_run_dir(base: Path = Path("runs"), prefix: str = "") -> Path:
@@ -41,12 +44,21 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
+def release_dir(release: str) -> str:
+    """A kernel's directory name in a run."""
+    return _safe(release)
+
+
 @dataclass
 class Run:
     config: Config
     out_dir: Path
     log: Log = print
     qemu: str = "qemu-system-x86_64"
+    # Shown while a scenario runs (a terminal's live line); the result line replaces it.
+    progress: Log = lambda line: None
+    # Called with the machine after its last scenario, before it is shut down (repro --shell).
+    on_done: Optional[Callable[[Machine], None]] = None
 
     def __post_init__(self) -> None:
         self.results: list[Result] = []
@@ -58,33 +70,56 @@ class Run:
                 "config": self.config.to_dict(), "seed": self.config.seed, "kernels": self.kernels,
                 "out_dir": str(self.out_dir)}
 
+    def _write_reports(self) -> None:
+        try:
+            write_reports(self.out_dir, self.results, self.meta())
+        except OSError as e:
+            raise OutputError(f"cannot write the results into {self.out_dir}: {e.strerror}; "
+                              f"the run stops") from None
+
     def _record(self, result: Result) -> None:
         self.results.append(result)
-        write_reports(self.out_dir, self.results, self.meta())
-        first = f"  {result.findings[0]}" if result.findings else ""
+        self._write_reports()
+        first = f"  {result.findings[0].splitlines()[0]}" if result.findings else ""
         self.log(f"{result.verdict.upper():5} {result.kernel} {result.scenario} "
                  f"({result.duration_s:.1f}s, {result.accel}){first}")
+        if result.verdict in ("fail", "error") and result.artifacts:
+            self.log(f"      repro: notifier-harness repro {self.out_dir / result.artifacts}")
 
     def execute(self) -> list[Result]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        except OSError as e:
+            raise OutputError(f"cannot write into the run directory {self.out_dir}: {e.strerror}") from None
         accel = choose_accel(self.config.machine.accel, probe_host())
         self.log(f"accel: {accel.accel} ({accel.reason})")
         self.log(f"run directory: {self.out_dir}")
-        write_reports(self.out_dir, self.results, self.meta())
+        self._write_reports()
         for spec in self.config.kernels:
             self._run_kernel(spec, accel)
         return self.results
 
-    def _error_rows(self, label: str, spec: KernelSpec, accel: str, scenarios: list[ScenarioConfig],
+    def _error_rows(self, label: str, spec: KernelSpec, accel: str, slots: list[tuple[ScenarioConfig, str]],
                     message: str) -> None:
-        for sc in scenarios:
+        for sc, dirname in slots:
             self._record(Result(kernel=label, kernel_spec=spec.text, accel=accel, scenario=sc.name,
-                                verdict="error", findings=(message,), duration_s=0.0, seed=self.config.seed))
+                                verdict="error", findings=(message,), duration_s=0.0, seed=self.config.seed,
+                                artifacts=f"{_safe(label)}/{dirname}"))
+
+    def slots(self) -> list[tuple[ScenarioConfig, str]]:
+        """Each configured scenario with its own directory name: the scenario's name, then name.2,
+        name.3 for repeats, so a config may run one scenario with several settings."""
+        seen: dict[str, int] = {}
+        slots = []
+        for sc in self.config.scenarios:
+            seen[sc.name] = seen.get(sc.name, 0) + 1
+            slots.append((sc, _safe(sc.name) + (f".{seen[sc.name]}" if seen[sc.name] > 1 else "")))
+        return slots
 
     def _run_kernel(self, spec: KernelSpec, accel: AccelChoice) -> None:
-        pending = list(self.config.scenarios)
-        info: dict[str, Any] = {"spec": spec.text}
+        pending = self.slots()
+        info: dict[str, Any] = {"spec": spec.text, "boots": 0}
         self.kernels.append(info)
         try:
             prepared = prepare(spec, cache_root())
@@ -97,39 +132,134 @@ class Run:
                     initramfs=str(initramfs.path), initramfs_digest=initramfs.digest)
         self.log(f"kernel {spec.text}: {kernel.release}; initramfs "
                  f"{'built' if initramfs.built else 'cached'} {initramfs.digest[:12]}")
-        kdir = self.out_dir / _safe(kernel.release)
-        machine = Machine(prepared.image, self.config.machine, accel, kdir, qemu=self.qemu, log=self.log)
-        try:
-            with machine:
-                info.update(accel=machine.accel_used, accel_reason=machine.accel_reason,
-                            boot_s=round(machine.boot_s, 3), qemu_argv=str(kdir / "qemu-argv.json"),
-                            console_log=str(kdir / "console.log"))
-                self.log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used})")
-                guest = Guest(ssh=machine.ssh, release=kernel.release, accel=machine.accel_used)
-                while pending:
-                    sc = pending.pop(0)
-                    self._record(self._run_scenario(sc, kernel, machine, guest, kdir))
-        except HarnessError as e:
-            self.log(f"kernel {kernel.release}: {e}")
-            self._error_rows(kernel.release, spec, machine.accel_used, pending, str(e))
-        info["shutdown"] = machine.shutdown_how
-        write_reports(self.out_dir, self.results, self.meta())
+        kdir = self.out_dir / release_dir(kernel.release)
+        # One boot serves every scenario; a scenario that loses the machine (panic, hang, QEMU
+        # gone, SSH gone) costs its own row and a fresh boot for the ones after it.
+        while pending:
+            machine = Machine(prepared.image, self.config.machine, accel, kdir, qemu=self.qemu, log=self.log)
+            info["boots"] += 1
+            try:
+                with machine:
+                    info.update(accel=machine.accel_used, accel_reason=machine.accel_reason,
+                                boot_s=round(machine.boot_s, 3), qemu_argv=str(kdir / "qemu-argv.json"),
+                                console_log=str(kdir / "console.log"))
+                    self.log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used})"
+                             + (f", boot {info['boots']}" if info["boots"] > 1 else ""))
+                    guest = Guest(ssh=machine.ssh, release=kernel.release, accel=machine.accel_used,
+                                  watch=machine.check_health)
+                    while pending:
+                        sc, dirname = pending.pop(0)
+                        result, lost = self._run_scenario(sc, kernel, machine, guest, kdir / dirname)
+                        self._record(result)
+                        if lost:
+                            machine.shutdown(soft=False)
+                            break
+                    else:
+                        if self.on_done is not None:
+                            self.on_done(machine)
+            except OutputError:
+                raise
+            except HarnessError as e:
+                self.log(f"kernel {kernel.release}: {e}")
+                self._error_rows(kernel.release, spec, machine.accel_used, pending, str(e))
+                pending = []
+            info["shutdown"] = machine.shutdown_how
+        self._write_reports()
 
     def _run_scenario(self, sc: ScenarioConfig, kernel: Kernel, machine: Machine, guest: Guest,
-                      kdir: Path) -> Result:
-        sdir = kdir / _safe(sc.name)
+                      sdir: Path) -> tuple[Result, bool]:
+        """The scenario's Result, and whether the machine is lost (and must be rebooted)."""
         sdir.mkdir(parents=True, exist_ok=True)
         console = machine.console
         assert console is not None
         ctx = ScenarioContext(guest=guest, features=features_for(kernel.version), config=sc,
                               seed=self.config.seed, out_dir=sdir,
-                              console_tail=console.tail, init_failures=tuple(console.init_failures))
+                              console_tail=console.tail, init_failures=tuple(console.init_failures),
+                              host_fault=machine.inject_host_fault)
+        self.progress(f"{kernel.release} {sc.name}")
         start = time.monotonic()
-        guest.start_budget(sc.timeout_s)
+        offset = machine.console_offset()
+        lost: Optional[MachineLost] = None
+        verdict: Optional[Verdict] = None
+        taint_before = taint_after = 0
+        guest.deadline = None
         try:
+            taint_before = self._taint(guest)
+            guest.kmsg(f"notifier-harness: begin {sc.name}")
+            guest.start_budget(sc.timeout_s)
             verdict = SCENARIOS[sc.name].run(ctx)
+            guest.deadline = None
+            guest.kmsg(f"notifier-harness: end {sc.name}")
+            taint_after = self._taint(guest)
+        except MachineLost as e:
+            lost = e
+        except CommandTimeout as e:
+            lost = self._hang_or_slow(e, machine, guest, sc, sdir)
+            if lost is None:
+                verdict = Verdict("error", (str(e),))
         except HarnessError as e:
             verdict = Verdict("error", (str(e),))
+        except OSError as e:
+            # The scenario's own evidence files: a full disk is the run's problem, not the kernel's.
+            raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
+        guest.deadline = None
+        if lost is not None and lost.kind == "panic":
+            time.sleep(0.5)    # the panic's trace is still arriving on the console
+        text = machine.read_console(offset)
+        (sdir / "console.log").write_text(text)
+        reports = classify(text)
+        if reports:
+            (sdir / "reports.txt").write_text("\n\n".join(f"[{r.kind}] {r.title}\n{r.text}" for r in reports) + "\n")
+        verdict = self._judge_health(verdict, lost, reports, taint_before, taint_after)
         return Result(kernel=kernel.release, kernel_spec=kernel.spec.text, accel=machine.accel_used,
                       scenario=sc.name, verdict=verdict.status, findings=verdict.findings,
-                      duration_s=time.monotonic() - start, seed=self.config.seed, notes=verdict.notes)
+                      duration_s=time.monotonic() - start, seed=self.config.seed, notes=verdict.notes,
+                      reports=tuple(r.title for r in reports),
+                      artifacts=str(sdir.relative_to(self.out_dir))), lost is not None
+
+    @staticmethod
+    def _taint(guest: Guest) -> int:
+        return int(guest.check(["cat", "/proc/sys/kernel/tainted"], timeout=10).strip() or 0)
+
+    def _hang_or_slow(self, timeout: CommandTimeout, machine: Machine, guest: Guest, sc: ScenarioConfig,
+                      sdir: Path) -> Optional[MachineLost]:
+        """A scenario out of time: a hang if the guest no longer answers a trivial command (then the
+        evidence is saved and the machine is lost), else just a slow scenario (None)."""
+        try:
+            machine.ssh.run("true", timeout=HANG_PROBE_S, watch=machine.check_health)
+            return None
+        except MachineLost as e:
+            if e.kind != "ssh-lost":
+                return e      # it panicked or QEMU went away meanwhile: that is the story
+        except GuestError:
+            pass
+        evidence = machine.hang_evidence()
+        (sdir / "hang.txt").write_text(evidence + "\n")
+        first = evidence.splitlines()[0] if evidence else ""
+        return MachineLost("hang", f"{timeout}; then no answer over SSH within {HANG_PROBE_S:.0f} s "
+                                   f"({first}); registers and console tail in {sdir / 'hang.txt'}")
+
+    @staticmethod
+    def _judge_health(verdict: Optional[Verdict], lost: Optional[MachineLost], reports: list[Report],
+                      taint_before: int, taint_after: int) -> Verdict:
+        """The scenario's own verdict, overruled by what happened to the kernel meanwhile: a panic or a
+        kernel report fails it; a hang, QEMU gone or SSH gone makes it an error (the harness could not
+        finish watching)."""
+        counts: dict[str, int] = {}
+        for r in reports:
+            key = f"kernel {r.kind}: {r.title}"
+            counts[key] = counts.get(key, 0) + 1
+        titles = [key + (f" (x{n})" if n > 1 else "") for key, n in counts.items()]
+        if lost is not None:
+            if lost.kind == "panic":
+                return Verdict("fail", (*titles, str(lost)) if titles else (str(lost),))
+            return Verdict("error", (f"{lost.kind}: {lost}", *titles))
+        assert verdict is not None
+        new_taint = taint_after & ~taint_before & ~PROBE_TAINT
+        extra = list(titles)
+        if new_taint:
+            extra.append(f"kernel taint: {taint_letters(new_taint)} set during the scenario "
+                         f"(tainted {taint_before} -> {taint_after})")
+        if not extra or verdict.status == "error":
+            return Verdict(verdict.status, (*verdict.findings, *extra), verdict.notes)
+        return Verdict("fail", (*extra, *verdict.findings), verdict.notes)

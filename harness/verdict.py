@@ -35,11 +35,14 @@ class Result:
     duration_s: float
     seed: int
     notes: tuple[str, ...] = field(default=())
+    reports: tuple[str, ...] = field(default=())   # titles of the kernel's reports in the scenario's console
+    artifacts: str = ""   # the scenario's directory, relative to the run directory
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["findings"] = list(self.findings)
         d["notes"] = list(self.notes)
+        d["reports"] = list(self.reports)
         d["duration_s"] = round(self.duration_s, 3)
         return d
 

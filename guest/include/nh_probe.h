@@ -111,8 +111,26 @@ struct nh_stats {
 	__u32 reserved;		/* (out) 0 */
 };
 
+/*
+ * Faults for the harness's own tests (crash, warning and hang handling); no
+ * effect on attach state.  SPIN busy-waits with preemption off (soft lockup,
+ * RCU stall); SLEEP sleeps uninterruptibly (hung task).
+ */
+enum nh_debug_op {
+	NH_DEBUG_WARN = 1,	/* WARN() once */
+	NH_DEBUG_OOPS = 2,	/* a NULL pointer write: Oops, the calling task dies */
+	NH_DEBUG_SPIN = 3,	/* spin for `seconds` with preemption disabled */
+	NH_DEBUG_SLEEP = 4,	/* TASK_UNINTERRUPTIBLE for `seconds` */
+};
+
+struct nh_debug {
+	__u32 op;		/* (in) enum nh_debug_op */
+	__u32 seconds;		/* (in) SPIN and SLEEP */
+};
+
 #define NH_IOC_ATTACH	_IOWR('N', 0x01, struct nh_attach)
 #define NH_IOC_DETACH	_IO('N', 0x02)
 #define NH_IOC_STATS	_IOR('N', 0x03, struct nh_stats)
+#define NH_IOC_DEBUG	_IOW('N', 0x04, struct nh_debug)
 
 #endif /* NH_PROBE_H */

@@ -23,12 +23,14 @@
  * of the attached task, 2 shrinks the range of its first invalidate_range_start.
  */
 #include <linux/fs.h>
+#include <linux/jiffies.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/mmu_notifier.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pid.h>
+#include <linux/sched.h>
 #include <linux/sched/mm.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
@@ -415,10 +417,46 @@ static long nh_stats(struct nh_stats __user *uarg)
 	return copy_to_user(uarg, &out, sizeof(out)) ? -EFAULT : 0;
 }
 
+static noinline void nh_debug_oops(void)
+{
+	*(volatile int *)NULL = 1;
+}
+
+/* Outside st.lock: a fault must not leave the probe's mutex held. */
+static long nh_debug(struct nh_debug __user *uarg)
+{
+	struct nh_debug d;
+	unsigned long until;
+
+	if (copy_from_user(&d, uarg, sizeof(d)))
+		return -EFAULT;
+	switch (d.op) {
+	case NH_DEBUG_WARN:
+		WARN(1, "nh_probe: warning requested through NH_IOC_DEBUG");
+		return 0;
+	case NH_DEBUG_OOPS:
+		nh_debug_oops();
+		return 0;
+	case NH_DEBUG_SPIN:
+		until = jiffies + d.seconds * HZ;
+		preempt_disable();
+		while (time_before(jiffies, until))
+			cpu_relax();
+		preempt_enable();
+		return 0;
+	case NH_DEBUG_SLEEP:
+		schedule_timeout_uninterruptible(d.seconds * HZ);
+		return 0;
+	}
+	return -EINVAL;
+}
+
 static long nh_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	long ret;
 
+	if (cmd == NH_IOC_DEBUG)
+		return nh_debug((struct nh_debug __user *)arg);
 	mutex_lock(&st.lock);
 	switch (cmd) {
 	case NH_IOC_ATTACH:

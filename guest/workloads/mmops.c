@@ -121,9 +121,10 @@ static ssize_t read_file(const char *path)
 	return total;
 }
 
-/* AnonHugePages (kB) summed over the VMAs inside [start, end), from /proc/self/smaps. */
-static long anon_huge_kb(uintptr_t start, uintptr_t end)
+/* A smaps field (kB, e.g. "AnonHugePages:") summed over the VMAs inside [start, end), or -1. */
+static long smaps_kb(const char *field, uintptr_t start, uintptr_t end)
 {
+	size_t len = strlen(field);
 	long total = 0;
 	int inside = 0;
 
@@ -134,29 +135,15 @@ static long anon_huge_kb(uintptr_t start, uintptr_t end)
 
 		if (sscanf(p, "%lx-%lx ", &s, &e) == 2)	/* a VMA's header line */
 			inside = s >= start && e <= end;
-		else if (inside && !strncmp(p, "AnonHugePages:", 14))
-			total += strtol(p + 14, NULL, 10);
+		else if (inside && !strncmp(p, field, len))
+			total += strtol(p + len, NULL, 10);
 	}
 	return total;
 }
 
-/* Swap (kB) summed over the VMAs inside [start, end), from /proc/self/smaps. */
-static long swap_kb(uintptr_t start, uintptr_t end)
+static long anon_huge_kb(uintptr_t start, uintptr_t end)
 {
-	long total = 0;
-	int inside = 0;
-
-	if (read_file("/proc/self/smaps") < 0)
-		return -1;
-	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
-		unsigned long s, e;
-
-		if (sscanf(p, "%lx-%lx ", &s, &e) == 2)
-			inside = s >= start && e <= end;
-		else if (inside && !strncmp(p, "Swap:", 5))
-			total += strtol(p + 5, NULL, 10);
-	}
-	return total;
+	return smaps_kb("AnonHugePages:", start, end);
 }
 
 /* Print the private VMAs (which fork may write-protect) as a JSON array. */
@@ -674,7 +661,7 @@ static void op_reclaim(char **f, int n)
 		fail("reclaim", "write memory.reclaim", err);
 	printf("{\"op\": \"reclaim\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"lru_gen\": %ld, \"errno\": %d, "
 	       "\"swap_kb\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
-	       (unsigned long)(m->start + m->size), lru_gen, err, swap_kb(m->start, m->start + m->size), t0, t1);
+	       (unsigned long)(m->start + m->size), lru_gen, err, smaps_kb("Swap:", m->start, m->start + m->size), t0, t1);
 }
 
 int main(int argc, char **argv)

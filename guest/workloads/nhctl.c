@@ -6,6 +6,8 @@
  *   nhctl detach
  *   nhctl stats                     written/dropped/read counters as JSON
  *   nhctl read                      drain the ring: raw struct nh_record to stdout
+ *   nhctl debug warn|oops|spin|sleep [SECONDS]
+ *                                   inject a kernel fault (the harness's crash handling tests)
  *   nhctl run --events FILE [options] -- PROGRAM ARGS...
  *       start PROGRAM, attach to it (PROGRAM waits for that), wait for it to
  *       exit, detach, drain the ring into FILE, print the counters as a final
@@ -250,7 +252,7 @@ int main(int argc, char **argv)
 	int fd, i = 2;
 
 	if (argc < 2)
-		die("usage: nhctl attach|detach|stats|read|run ...", 0);
+		die("usage: nhctl attach|detach|stats|read|run|debug ...", 0);
 	fd = open_probe();
 	if (!strcmp(argv[1], "attach") && argc >= 3) {
 		req.pid = atoi(argv[2]);
@@ -268,6 +270,18 @@ int main(int argc, char **argv)
 		drain(fd, STDOUT_FILENO);
 	} else if (!strcmp(argv[1], "run")) {
 		return cmd_run(fd, argc, argv, i);
+	} else if (!strcmp(argv[1], "debug") && argc >= 3) {
+		static const char *ops[] = { "", "warn", "oops", "spin", "sleep" };
+		struct nh_debug d = { 0 };
+
+		for (unsigned int op = 1; op < sizeof(ops) / sizeof(ops[0]); op++)
+			if (!strcmp(argv[2], ops[op]))
+				d.op = op;
+		d.seconds = argc > 3 ? atoi(argv[3]) : 0;
+		if (!d.op)
+			die("usage: nhctl debug warn|oops|spin|sleep [SECONDS]", 0);
+		if (ioctl(fd, NH_IOC_DEBUG, &d))
+			die("NH_IOC_DEBUG", errno);
 	} else {
 		die("usage: nhctl attach|detach|stats|read|run ...", 0);
 	}

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from harness.scenarios.aging import Aging
 from harness.scenarios.base import Scenario, ScenarioContext
+from harness.scenarios.fault import Fault
 from harness.scenarios.ksm import Ksm
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
 from harness.scenarios.oom import MemcgOom, MemcgOomNonblockFail
 from harness.scenarios.smoke import Smoke
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail())}
+    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail(), Fault())}
 
-__all__ = ["SCENARIOS", "Scenario", "ScenarioContext"]
+# Scenarios that test the harness itself (fault injection): never in the default configs.
+SELF_TESTS = frozenset({"fault"})
+
+__all__ = ["SCENARIOS", "SELF_TESTS", "Scenario", "ScenarioContext"]

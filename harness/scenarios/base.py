@@ -21,6 +21,8 @@ class ScenarioContext:
     out_dir: Path                 # the scenario's own directory in the run
     console_tail: Callable[[], str]
     init_failures: tuple[str, ...] = ()   # NH-INIT: FAILED lines from boot
+    # Host-side faults for the harness's own tests: "qemu-stop", "qemu-kill", "ssh-cut".
+    host_fault: Callable[[str], None] = lambda fault: None
 
 
 class Scenario(Protocol):

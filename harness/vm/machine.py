@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from harness.artifacts.boot_image import BootImage
 from harness.config import MachineConfig
-from harness.errors import BootTimeout, GuestError, MachineError
+from harness.errors import BootTimeout, GuestError, MachineError, MachineLost
 from harness.vm.accel import AccelChoice
 from harness.vm.console import Console
 from harness.vm.qemu_args import QemuPlan, qemu_argv
@@ -171,16 +171,78 @@ class Machine:
         code = self.proc.poll()
         if code is not None:
             self.console.close(1.0)
-            raise MachineError(f"QEMU exited with status {code} {when}: {self.stderr_tail() or '(no stderr)'}"
-                               f"; console tail:\n{self.console.tail()}")
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            # While booting the console tail is the only evidence; a scenario keeps its console slice.
+            tail = f"; console tail:\n{self.console.tail()}" if when == "while booting" else ""
+            raise MachineLost("qemu-exited", f"QEMU {how} {when}: {self.stderr_tail() or '(no stderr)'}{tail}")
         for event in self.monitor.poll_events():
             if event.get("event") == "GUEST_PANICKED":
-                raise MachineError(f"guest panicked {when} (QMP GUEST_PANICKED): "
-                                   f"{self.console.panic_line or 'see console'}; console tail:\n"
-                                   f"{self.console.tail()}")
+                self.console.wait(self.console.panicked, 1.0)   # the panic line is on its way
+                raise MachineLost("panic", f"guest panicked {when} (QMP GUEST_PANICKED): "
+                                           f"{self.console.panic_line or 'see console'}")
         if self.console.panicked.is_set():
-            raise MachineError(f"guest panicked {when}: {self.console.panic_line}; console tail:\n"
-                               f"{self.console.tail()}")
+            raise MachineLost("panic", f"guest panicked {when}: {self.console.panic_line}")
+
+    def check_health(self) -> None:
+        """Raise MachineLost if the guest panicked or QEMU is gone (cheap: polls, never blocks)."""
+        if self.proc is None:
+            raise MachineLost("qemu-exited", "the machine is not running")
+        self._check_alive("while a scenario ran")
+
+    def _process_state(self) -> str:
+        """QEMU's state letter from /proc (R, S, T, ...), or "" when it is gone."""
+        if self.proc is None or self.proc.poll() is not None:
+            return ""
+        try:
+            return Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return ""
+
+    def console_offset(self) -> int:
+        """How far console.log has grown: scenario slices are byte ranges of it."""
+        try:
+            return (self.out_dir / "console.log").stat().st_size
+        except OSError:
+            return 0
+
+    def inject_host_fault(self, fault: str) -> None:
+        """The host-side faults the harness's own tests inject."""
+        if fault == "ssh-cut":
+            if self._ssh is not None:
+                self._ssh.cut()
+        elif fault in ("qemu-stop", "qemu-kill") and self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP if fault == "qemu-stop" else signal.SIGKILL)
+        else:
+            raise MachineError(f"no host fault {fault!r}")
+
+    def read_console(self, offset: int) -> str:
+        """console.log from `offset` on (what the guest printed since)."""
+        try:
+            with open(self.out_dir / "console.log", "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace").replace("\r", "")
+        except OSError:
+            return ""
+
+    def hang_evidence(self) -> str:
+        """What a hung guest shows: QEMU's process state, the vCPUs' registers (QMP, if QEMU still
+        answers) and the console tail."""
+        parts = []
+        state = self._process_state()
+        if state:
+            parts.append(f"QEMU pid {self.pid} state {state}"
+                         + (" (stopped: SIGSTOP or a debugger)" if state in ("T", "t") else ""))
+        if state in ("T", "t"):
+            parts.append("info registers: not asked, a stopped QEMU cannot answer QMP")
+        elif self.monitor is not None:
+            try:
+                parts.append("info registers:\n" + str(self.monitor.command(
+                    "human-monitor-command", **{"command-line": "info registers -a"})))
+            except MachineError as e:
+                parts.append(f"info registers: QMP did not answer ({e})")
+        if self.console is not None:
+            parts.append("console tail:\n" + self.console.tail(40))
+        return "\n".join(parts)
 
     def stderr_tail(self) -> str:
         try:
@@ -189,13 +251,14 @@ class Machine:
             return ""
         return " | ".join(text.strip().splitlines()[-5:])
 
-    def shutdown(self) -> None:
+    def shutdown(self, soft: bool = True) -> None:
         """Soft, then hard; idempotent; never raises for a machine already gone.
 
         A guest that never became ready has no acpid to hear the power
-        button yet, so it goes straight to `quit`.
+        button yet, and a lost one (panicked, hung) will not answer it:
+        both go straight to `quit` (`soft=False`).
         """
-        ready = self._ssh is not None
+        ready = self._ssh is not None and soft
         if self._ssh is not None:
             self._ssh.close()
             self._ssh = None
@@ -210,7 +273,7 @@ class Machine:
             self.shutdown_how = "kill"
             steps = [("system_powerdown", POWERDOWN_TIMEOUT_S, "powerdown")] if soft else []
             steps.append(("quit", QUIT_TIMEOUT_S, "quit"))
-            if monitor is not None:
+            if monitor is not None and self._process_state() not in ("T", "t"):
                 for command, wait_s, how in steps:
                     try:
                         monitor.command(command)

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import paramiko
 
-from harness.errors import GuestError
+from harness.errors import CommandTimeout, GuestError, MachineLost
 
 
 @dataclass(frozen=True)
@@ -89,12 +89,23 @@ class SshSession:
         raise GuestError(f"SSH to 127.0.0.1:{port} failed for {timeout:.0f} s: {type(last).__name__}: {last}")
 
     def run(self, argv: Union[str, Sequence[str]], timeout: float = 60.0,
-            stdin: Optional[bytes] = None) -> CommandResult:
+            stdin: Optional[bytes] = None, watch: Optional[Callable[[], None]] = None) -> CommandResult:
+        """`watch` is called while the command runs (every 0.2 s at most) and raises MachineLost when
+        the machine under the connection is gone, so a panic ends the wait at once, named as such."""
         command = quote_argv(argv)
         start = time.monotonic()
         transport = self._client.get_transport()
+
+        def lost(how: str) -> MachineLost:
+            # The machine's own account comes first (QEMU died, panic).  A killed QEMU's socket
+            # closes while the process is still exiting, so give its exit a moment to show.
+            for _ in range(10 if watch is not None else 0):
+                watch()          # type: ignore[misc]
+                time.sleep(0.1)
+            return MachineLost("ssh-lost", f"SSH connection {how}: {command}")
+
         if transport is None or not transport.is_active():
-            raise GuestError(f"SSH connection lost before running: {command}")
+            raise lost("lost before running")
         try:
             chan = transport.open_session(timeout=10)
             chan.settimeout(timeout)
@@ -113,15 +124,21 @@ class SshSession:
                     break
                 elif time.monotonic() > deadline:
                     chan.close()
-                    raise GuestError(f"guest command timed out after {timeout:.0f} s: {command}")
+                    raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {command}")
                 elif not transport.is_active():
-                    raise GuestError(f"SSH connection dropped while running: {command}")
+                    raise lost("dropped while running")
                 else:
+                    if watch is not None:
+                        watch()
                     select.select([chan], [], [], 0.2)
             status = chan.recv_exit_status()
             chan.close()
-        except (socket.timeout, paramiko.SSHException, OSError, EOFError) as e:
-            raise GuestError(f"SSH failed while running {command}: {type(e).__name__}: {e}") from None
+            if status == -1 and not transport.is_active():
+                raise lost("dropped while running")   # a closed channel reports -1, not an exit
+        except socket.timeout:
+            raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {command}") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise lost(f"failed ({type(e).__name__}: {e}) while running") from None
         return CommandResult(argv=command, exit_status=status,
                              stdout_bytes=bytes(out), stderr=err.decode(errors="replace"),
                              duration_s=time.monotonic() - start)
@@ -164,6 +181,15 @@ class SshSession:
     def active(self) -> bool:
         transport = self._client.get_transport()
         return transport is not None and transport.is_active()
+
+    def cut(self) -> None:
+        """Drop the TCP connection under the session, as a network failure would."""
+        transport = self._client.get_transport()
+        if transport is not None and transport.sock is not None:
+            try:
+                transport.sock.shutdown(socket.SHUT_RDWR)   # type: ignore[union-attr]
+            except OSError:
+                pass
 
     def close(self) -> None:
         self._client.close()

@@ -18,11 +18,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_default_config_is_6_1_with_every_scenario():
-    from harness.scenarios import SCENARIOS
+    from harness.scenarios import SCENARIOS, SELF_TESTS
     c = load_config(REPO / "configs" / "default.yaml", known_scenarios=SCENARIOS)
     assert [k.text for k in c.kernels] == ["debian:6.1"]
     assert c.machine.cpus == 2 and c.machine.memory_mib == 2048 and c.machine.accel == "auto"
-    assert {s.name for s in c.scenarios} == set(SCENARIOS)
+    assert {s.name for s in c.scenarios} == set(SCENARIOS) - SELF_TESTS
 
 
 def test_matrix_config_has_6_1_and_6_12():
@@ -64,7 +64,7 @@ seed: 7
     ("kernels: [debian:6.1]\nscenarios: [nosuch]\n",
      "scenarios[0]: unknown scenario 'nosuch'; valid scenarios: other, smoke"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timout: 3}]\n",
-     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: alloc, khugepaged_timeout, ksm_pages, ksm_timeout, memcg_max, name, probe_corrupt, "
+     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: alloc, fault, khugepaged_timeout, ksm_pages, ksm_timeout, memcg_max, name, probe_corrupt, "
      "reaper_wait, reclaim, timeout"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, memcg_max: 2M}]\n",
      "scenarios[0].memcg_max: '2M' is not valid; expected at least 4M"),

@@ -24,7 +24,7 @@ class FakeSsh(SshSession):
         self.answers = answers
         self.asked: list[str] = []
 
-    def run(self, argv, timeout=60.0, stdin=None) -> CommandResult:
+    def run(self, argv, timeout=60.0, stdin=None, watch=None) -> CommandResult:
         command = argv if isinstance(argv, str) else " ".join(argv)
         self.asked.append(command)
         status, out = next((v for k, v in self.answers.items() if command.startswith(k)), (0, ""))

@@ -1,0 +1,102 @@
+"""Two runs side by side: which scenarios changed verdict or findings (baseline against patched).
+
+Rows are matched by the kernel's position in each run's config (so baseline
+`tree:A` pairs with patched `tree:B`) and the scenario's directory name.
+Findings are compared by their first line with what varies between runs of
+the same behaviour (record numbers, pids, durations) masked.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from harness.rundir import RunDir
+
+_RANK = {"pass": 0, "skip": 0, "fail": 1, "error": 2}
+_VARYING = [(re.compile(r"#\d+"), "#N"), (re.compile(r"\bpid \d+"), "pid N"),
+            (re.compile(r"\b\d+(\.\d+)?s\b"), "Ns")]
+
+
+def normalise(finding: str) -> str:
+    line = finding.splitlines()[0] if finding else ""
+    for pattern, repl in _VARYING:
+        line = pattern.sub(repl, line)
+    return line
+
+
+@dataclass(frozen=True)
+class Change:
+    key: tuple[int, str]
+    kernels: str              # "A-release -> B-release"
+    scenario: str
+    verdict_a: str
+    verdict_b: str
+    new: tuple[str, ...]      # findings in B, not in A
+    vanished: tuple[str, ...]
+
+    @property
+    def regressed(self) -> bool:
+        return _RANK[self.verdict_b] > _RANK[self.verdict_a] or (self.verdict_b != "pass" and bool(self.new))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    changes: list[Change]
+    unchanged: int
+    only_a: list[str]
+    only_b: list[str]
+
+    @property
+    def regressed(self) -> bool:
+        return any(c.regressed for c in self.changes)
+
+
+def _rows(run: RunDir) -> dict[tuple[int, str], dict[str, Any]]:
+    specs = run.kernel_specs
+    rows = {}
+    for r in run.results:
+        index = specs.index(r["kernel_spec"]) if r["kernel_spec"] in specs else len(specs)
+        leaf = (r.get("artifacts") or r["scenario"]).rsplit("/", 1)[-1]
+        rows[(index, leaf)] = r
+    return rows
+
+
+def compare(a: RunDir, b: RunDir) -> Comparison:
+    rows_a, rows_b = _rows(a), _rows(b)
+    changes, unchanged = [], 0
+    for key in sorted(rows_a.keys() & rows_b.keys()):
+        ra, rb = rows_a[key], rows_b[key]
+        fa = {normalise(f) for f in ra["findings"]}
+        fb = {normalise(f) for f in rb["findings"]}
+        if ra["verdict"] == rb["verdict"] and fa == fb:
+            unchanged += 1
+            continue
+        changes.append(Change(key=key, kernels=f"{ra['kernel']} -> {rb['kernel']}", scenario=key[1],
+                              verdict_a=ra["verdict"], verdict_b=rb["verdict"],
+                              new=tuple(sorted(fb - fa)), vanished=tuple(sorted(fa - fb))))
+
+    def label(rows: dict[tuple[int, str], dict[str, Any]], key: tuple[int, str]) -> str:
+        return f"{rows[key]['kernel']} {key[1]}"
+
+    return Comparison(changes=changes, unchanged=unchanged,
+                      only_a=[label(rows_a, k) for k in sorted(rows_a.keys() - rows_b.keys())],
+                      only_b=[label(rows_b, k) for k in sorted(rows_b.keys() - rows_a.keys())])
+
+
+def format_comparison(c: Comparison, name_a: str, name_b: str) -> str:
+    lines = [f"A: {name_a}", f"B: {name_b}", ""]
+    if not c.changes:
+        lines.append(f"no scenario changed ({c.unchanged} compared)")
+    for ch in c.changes:
+        mark = "REGRESSED" if ch.regressed else "changed"
+        lines.append(f"{mark:9}  {ch.scenario}  ({ch.kernels})  {ch.verdict_a.upper()} -> {ch.verdict_b.upper()}")
+        lines += [f"    + {f}" for f in ch.new]
+        lines += [f"    - {f}" for f in ch.vanished]
+    if c.changes:
+        lines.append(f"{len(c.changes)} changed, {c.unchanged} unchanged")
+    for side, only in (("A", c.only_a), ("B", c.only_b)):
+        if only:
+            lines.append(f"only in {side} (not compared): " + ", ".join(only))
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""Kernel crashes, warnings, hangs and lost connections injected into real guests in the middle
+of a scenario: each is named in its own scenario's result, the guest is rebooted when it is lost,
+the scenarios after it still run, and nothing (QEMU, port, private directory) is left behind."""
+
+from __future__ import annotations
+
+import glob
+import json
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from harness.cli import main
+from tests.guest.conftest import qemu_running
+
+
+def private_dirs() -> set[str]:
+    return set(glob.glob(f"{tempfile.gettempdir()}/notifier-harness-*"))
+
+
+def run(config_text: str, tmp_path: Path, name: str, *extra: str) -> tuple[int, Path]:
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(config_text)
+    out = tmp_path / name
+    return main(["run", "-c", str(config), "--out", str(out), *extra]), out
+
+
+def rows(out: Path) -> list[dict]:
+    return json.loads((out / "results.json").read_text())["results"]
+
+
+def assert_nothing_left(out: Path, before: set[str]) -> None:
+    for argv_file in out.glob("*/qemu-argv.json"):
+        assert qemu_running(json.loads(argv_file.read_text())) == []
+    assert private_dirs() <= before
+
+
+PANIC_SECOND = """
+kernels: [debian:6.1]
+machine: {accel: tcg}
+scenarios:
+  - smoke
+  - {name: fault, fault: panic, timeout: 60}
+  - mm-basic
+seed: 5
+"""
+
+
+def test_a_panic_in_the_second_scenario_fails_it_and_the_rest_still_run(kernels, tmp_path, capsys):
+    before = private_dirs()
+    code, out = run(PANIC_SECOND, tmp_path, "panic")
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    smoke, fault, mm = rows(out)
+    assert (smoke["verdict"], fault["verdict"], mm["verdict"]) == ("pass", "fail", "pass")
+    assert fault["findings"][0] == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
+    assert fault["reports"] == ["Kernel panic - not syncing: sysrq triggered crash"]
+    case = ET.parse(out / "junit.xml").getroot().findall("testcase")[1]
+    failure = case.find("failure")
+    assert failure is not None and "Kernel panic - not syncing" in failure.get("message", "")
+    assert "sysrq triggered crash" in (case.findtext("system-out") or "")
+    assert json.loads((out / "results.json").read_text())["run"]["kernels"][0]["boots"] == 2
+    repro_line = f"repro: notifier-harness repro {out / fault['artifacts']}"
+    assert repro_line in printed
+    assert_nothing_left(out, before)
+
+    # repro reruns exactly that scenario (the panic, with its settings and seed) ...
+    again = tmp_path / "again"
+    assert main(["repro", str(out / fault["artifacts"]), "--out", str(again)]) == 1
+    [row] = rows(again)
+    assert (row["scenario"], row["verdict"], row["seed"]) == ("fault", "fail", 5)
+    assert row["reports"] == fault["reports"]
+    # ... and compare sees no change between the two, but a regression against a clean run.
+    assert main(["compare", str(out), str(again)]) == 0
+    capsys.readouterr()
+    clean_code, clean = run(PANIC_SECOND.replace("fault: panic", "fault: none"), tmp_path, "clean")
+    assert clean_code == 0
+    assert main(["compare", str(clean), str(out)]) == 1
+    table = capsys.readouterr().out
+    assert "REGRESSED  fault" in table and "PASS -> FAIL" in table
+    assert "+ kernel panic: Kernel panic - not syncing: sysrq triggered crash" in table
+    assert main(["compare", str(out), str(clean)]) == 0
+    assert_nothing_left(again, before)
+
+
+EVERY_FAULT = """
+kernels: [debian:6.12]
+machine: {accel: tcg}
+scenarios:
+  - {name: fault, fault: warn, timeout: 60}
+  - {name: fault, fault: hung-task, timeout: 60}
+  - {name: fault, fault: lockup, timeout: 60}
+  - {name: fault, fault: oops, timeout: 60}
+  - {name: fault, fault: ssh-cut, timeout: 30}
+  - {name: fault, fault: qemu-kill, timeout: 30}
+  - {name: fault, fault: qemu-stop, timeout: 15}
+  - {name: fault, fault: hang, timeout: 15}
+  - mm-basic
+"""
+
+
+def test_every_fault_is_named_in_its_own_scenario(kernels, tmp_path, capsys):
+    before = private_dirs()
+    code, out = run(EVERY_FAULT, tmp_path, "faults")
+    printed = capsys.readouterr().out
+    assert code == 2, printed       # infrastructure errors (hang, lost machine) outrank test failures
+    r = rows(out)
+    # The hung task detector goes quiet once the kernel has oopsed (TAINT_DIE): hung-task before oops.
+    got = [(x["verdict"], x["findings"][0].split(":")[0] if x["findings"] else "") for x in r]
+    got[2] = (got[2][0], "kernel lockup") if got[2][1] in ("kernel soft-lockup", "kernel rcu-stall") else got[2]  # soft lockup and the RCU stall race to be first
+    assert got == [("fail", "kernel warning"), ("fail", "kernel hung-task"), ("fail", "kernel lockup"),
+                   ("fail", "kernel oops"), ("error", "ssh-lost"), ("error", "qemu-exited"),
+                   ("error", "hang"), ("error", "hang"), ("pass", "")], printed
+    warn, hung, lockup, oops, ssh, killed, stopped, spun, _ = r
+    assert warn["findings"][0] == "kernel warning: WARNING in nh_ioctl"
+    assert oops["findings"][0] == "kernel oops: BUG: kernel NULL pointer dereference in nh_debug_oops"
+    assert any(f.startswith("kernel soft-lockup: BUG: soft lockup in nh_ioctl") for f in lockup["findings"])
+    assert any(f.startswith("kernel rcu-stall: INFO: rcu detected stall in nh_ioctl") for f in lockup["findings"])
+    assert any(f.startswith("kernel taint: L") for f in lockup["findings"])
+    assert hung["findings"][0].startswith("kernel hung-task: INFO: task nhctl hung")
+    assert "dropped while running: sleep 20" in ssh["findings"][0]
+    assert "QEMU was killed by signal 9" in killed["findings"][0]
+    assert "state T (stopped" in stopped["findings"][0]
+    hang_txt = (out / spun["artifacts"] / "hang.txt").read_text()
+    assert "info registers:" in hang_txt and "RIP=" in hang_txt
+    # The first four leave the guest usable; each lost machine costs one reboot.
+    assert json.loads((out / "results.json").read_text())["run"]["kernels"][0]["boots"] == 5
+    assert_nothing_left(out, before)

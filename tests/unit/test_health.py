@@ -1,0 +1,70 @@
+"""What the runner makes of the kernel's health around a scenario, and of a full run directory."""
+
+import errno
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from harness.config import Config, ScenarioConfig
+from harness.console_reports import Report
+from harness.errors import MachineLost, OutputError
+from harness.kernelspec import parse_kernel_spec
+from harness.report import junit_xml
+from harness.runner import Run
+from harness.verdict import Result, Verdict
+
+judge = Run._judge_health
+PASS = Verdict("pass", (), ("a note",))
+WARN = Report(kind="warning", title="WARNING in nh_ioctl", text="WARNING: ...", line=3)
+
+
+def test_a_clean_scenario_keeps_its_verdict():
+    assert judge(PASS, None, [], 0, 0) == PASS
+
+
+def test_a_kernel_report_fails_a_passing_scenario_with_its_title_first():
+    v = judge(Verdict("fail", ("model finding",)), None, [WARN, WARN], 0, 1 << 9)
+    assert v.status == "fail"
+    assert v.findings == ("kernel warning: WARNING in nh_ioctl (x2)",
+                          "kernel taint: W set during the scenario (tainted 0 -> 512)", "model finding")
+
+
+def test_the_probes_own_taint_is_masked():
+    assert judge(PASS, None, [], 0, (1 << 12) | (1 << 13)) == PASS
+    assert judge(PASS, None, [], 1 << 9, 1 << 9) == PASS         # already tainted before: not this scenario's
+
+
+def test_a_panic_fails_and_other_losses_are_errors():
+    panic = Report(kind="panic", title="Kernel panic - not syncing: x", text="", line=0)
+    v = judge(None, MachineLost("panic", "guest panicked while a scenario ran: Kernel panic"), [panic], 0, 0)
+    assert v.status == "fail" and v.findings[0] == "kernel panic: Kernel panic - not syncing: x"
+    for kind in ("hang", "qemu-exited", "ssh-lost"):
+        v = judge(None, MachineLost(kind, "what happened"), [], 0, 0)
+        assert v.status == "error" and v.findings == (f"{kind}: what happened",)
+
+
+def test_an_error_stays_an_error_with_the_report_added():
+    v = judge(Verdict("error", ("workload exited",)), None, [WARN], 0, 0)
+    assert v.status == "error" and v.findings == ("workload exited", "kernel warning: WARNING in nh_ioctl")
+
+
+def test_junit_carries_the_console_slice(tmp_path):
+    (tmp_path / "k" / "fault").mkdir(parents=True)
+    (tmp_path / "k" / "fault" / "console.log").write_text("WARNING: CPU: 0 PID: 1 at x nh_ioctl+0x1/0x2\n\x07bell\n")
+    r = Result(kernel="k", kernel_spec="debian:6.1", accel="tcg", scenario="fault", verdict="fail",
+               findings=("kernel warning: WARNING in nh_ioctl",), duration_s=1.0, seed=1, artifacts="k/fault")
+    case = ET.fromstring(junit_xml([r], tmp_path)).find("testcase")
+    assert case.find("failure").get("message") == "kernel warning: WARNING in nh_ioctl"
+    out = case.findtext("system-out")
+    assert "--- console ---" in out and "nh_ioctl+0x1/0x2" in out and "?bell" in out
+
+
+def test_a_full_run_directory_stops_the_run_with_a_clear_error(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr("harness.runner.write_reports", full)
+    run = Run(config=Config(kernels=(parse_kernel_spec("debian:6.1"),), scenarios=(ScenarioConfig("smoke"),)),
+              out_dir=tmp_path / "run", log=lambda line: None)
+    with pytest.raises(OutputError) as e:
+        run.execute()
+    assert "No space left on device" in str(e.value) and str(tmp_path / "run") in str(e.value)
