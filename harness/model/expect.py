@@ -342,8 +342,8 @@ def expect_khugepaged(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
         huge = len(collapsing) * 2048
         if not may_fail and op.anon_huge_kb >= 0 and op.anon_huge_kb != huge:
             findings.append(Finding(rule="thp-state", op=op.describe(),
-                                    message=f"{op.anon_huge_kb} kB PMD-mapped after khugepaged's scans; blocks with "
-                                            f"a referenced PTE: {len(collapsing)} of {len(blocks)}",
+                                    message=f"{op.anon_huge_kb} kB PMD-mapped after khugepaged's scans; blocks "
+                                            f"with a referenced PTE: {len(collapsing)} of {len(blocks)}",
                                     expected=f"AnonHugePages {huge} kB", observed=f"AnonHugePages {op.anon_huge_kb} kB"))
         return findings
 
