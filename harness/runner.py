@@ -252,7 +252,9 @@ class Run:
         titles = [key + (f" (x{n})" if n > 1 else "") for key, n in counts.items()]
         if lost is not None:
             if lost.kind == "panic":
-                return Verdict("fail", (*titles, str(lost)) if titles else (str(lost),))
+                # Console line or QMP event, whichever came first, says the same: keep it a note, so
+                # that two runs of one panic compare equal.
+                return Verdict("fail", tuple(titles) or (str(lost),), (f"detected: {lost}",))
             return Verdict("error", (f"{lost.kind}: {lost}", *titles))
         assert verdict is not None
         new_taint = taint_after & ~taint_before & ~PROBE_TAINT

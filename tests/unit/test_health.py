@@ -37,7 +37,8 @@ def test_the_probes_own_taint_is_masked():
 def test_a_panic_fails_and_other_losses_are_errors():
     panic = Report(kind="panic", title="Kernel panic - not syncing: x", text="", line=0)
     v = judge(None, MachineLost("panic", "guest panicked while a scenario ran: Kernel panic"), [panic], 0, 0)
-    assert v.status == "fail" and v.findings[0] == "kernel panic: Kernel panic - not syncing: x"
+    assert v.status == "fail" and v.findings == ("kernel panic: Kernel panic - not syncing: x",)
+    assert v.notes == ("detected: guest panicked while a scenario ran: Kernel panic",)
     for kind in ("hang", "qemu-exited", "ssh-lost"):
         v = judge(None, MachineLost(kind, "what happened"), [], 0, 0)
         assert v.status == "error" and v.findings == (f"{kind}: what happened",)
