@@ -63,7 +63,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from harness.rundir import RunDirError, load_run
-    from harness.runner import Run, new_run_dir, release_dir
+    from harness.runner import new_run_dir, release_dir, scenario_slots
 
     target = Path(args.scenario_dir).resolve()
     run_dir = next((p for p in (target.parent, target.parent.parent) if (p / "results.json").is_file()), None)
@@ -74,14 +74,14 @@ def cmd_repro(args: argparse.Namespace) -> int:
     config = run.config(known_scenarios=SCENARIOS)
     kernels = {k.get("release"): k["spec"] for k in run.document["run"].get("kernels", []) if k.get("release")}
     if target.parent == run_dir:          # RUN_DIR/SCENARIO: every kernel of the run
-        leaf, specs = target.name, [spec for spec in config.kernels]
+        leaf, specs = target.name, list(config.kernels)
     else:
         leaf = target.name
         spec_text = next((s for rel, s in kernels.items() if release_dir(rel) == target.parent.name), None)
         if spec_text is None:
             raise RunDirError(f"{target.parent.name} is not a kernel of the run in {run_dir}")
         specs = [k for k in config.kernels if k.text == spec_text]
-    slots = dict((name, sc) for sc, name in Run(config=config, out_dir=run_dir).slots())
+    slots = {name: sc for sc, name in scenario_slots(config)}
     if leaf not in slots:
         raise RunDirError(f"{leaf} is not a scenario of the run in {run_dir} (it has: {', '.join(slots)})")
     again = replace(config, kernels=tuple(specs), scenarios=(slots[leaf],))
@@ -89,6 +89,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
         again = replace(again, machine=replace(again.machine, accel=args.accel))
     out = Path(args.out) if args.out else new_run_dir(prefix="repro-")
     _log(f"repro of {target} (seed {again.seed}) into {out}")
+
     def shell(machine: Any) -> None:
         _log("shell on the guest after the scenario; exit it to power the guest off")
         machine.ssh.interactive()

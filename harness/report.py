@@ -7,7 +7,7 @@ import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from harness.verdict import Result
 
@@ -24,27 +24,15 @@ def results_document(results: Sequence[Result], run: dict[str, Any]) -> dict[str
     return {"schema": RESULTS_SCHEMA, "run": run, "results": [r.to_json() for r in results]}
 
 
-# The console slice in a JUnit case is capped: CI viewers choke on megabytes.
-JUNIT_CONSOLE_BYTES = 64 * 1024
+def _xml_text(text: str) -> str:
+    """XML 1.0 cannot carry most control characters; a kernel console may print them."""
+    return "".join(c if c in "\n\t" or c >= " " else "?" for c in text)
 
 
-def _console_slice(out_dir: Optional[Path], r: Result) -> str:
-    if out_dir is None or not r.artifacts:
-        return ""
-    try:
-        data = (out_dir / r.artifacts / "console.log").read_bytes()
-    except OSError:
-        return ""
-    cut = len(data) > JUNIT_CONSOLE_BYTES
-    text = data[-JUNIT_CONSOLE_BYTES:].decode(errors="replace")
-    # XML 1.0 cannot carry most control characters; a kernel console may print them.
-    text = "".join(c if c in "\n\t" or c >= " " else "?" for c in text)
-    return ("[... console slice cut to its last 64 KiB ...]\n" if cut else "") + text
-
-
-def junit_xml(results: Sequence[Result], out_dir: Optional[Path] = None) -> str:
+def junit_xml(results: Sequence[Result], consoles: Optional[Mapping[str, str]] = None) -> str:
     """One test case per kernel x scenario; classname is the kernel release.  A failure carries
-    the findings (the kernel's report title first); system-out the scenario's console slice."""
+    the findings (the kernel's report title first); system-out the scenario's console slice
+    (`consoles`, by the result's artifacts directory)."""
     suite = ET.Element("testsuite", name="notifier-harness", tests=str(len(results)),
                        failures=str(sum(r.verdict == "fail" for r in results)),
                        errors=str(sum(r.verdict == "error" for r in results)),
@@ -63,17 +51,18 @@ def junit_xml(results: Sequence[Result], out_dir: Optional[Path] = None) -> str:
         out = [f"accel: {r.accel}", f"seed: {r.seed}", *r.notes]
         if r.artifacts:
             out.append(f"artifacts: {r.artifacts}")
-        console = _console_slice(out_dir, r)
+        console = (consoles or {}).get(r.artifacts, "")
         if console:
-            out += ["--- console ---", console]
+            out += ["--- console ---", _xml_text(console)]
         ET.SubElement(case, "system-out").text = "\n".join(out)
     ET.indent(suite)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def write_reports(out_dir: Path, results: Sequence[Result], run: dict[str, Any]) -> None:
+def write_reports(out_dir: Path, results: Sequence[Result], run: dict[str, Any],
+                  consoles: Optional[Mapping[str, str]] = None) -> None:
     _atomic_write(out_dir / "results.json", json.dumps(results_document(results, run), indent=2) + "\n")
-    _atomic_write(out_dir / "junit.xml", junit_xml(results, out_dir))
+    _atomic_write(out_dir / "junit.xml", junit_xml(results, consoles))
 
 
 def summary_table(results: Sequence[Result]) -> str:

@@ -49,6 +49,22 @@ def release_dir(release: str) -> str:
     return _safe(release)
 
 
+def scenario_slots(config: Config) -> list[tuple[ScenarioConfig, str]]:
+    """Each configured scenario with its own directory name: the scenario's name, then name.2,
+    name.3 for repeats, so a config may run one scenario with several settings."""
+    seen: dict[str, int] = {}
+    slots = []
+    for sc in config.scenarios:
+        seen[sc.name] = seen.get(sc.name, 0) + 1
+        slots.append((sc, _safe(sc.name) + (f".{seen[sc.name]}" if seen[sc.name] > 1 else "")))
+    return slots
+
+
+# What a run keeps of each scenario's console slice for junit.xml, rewritten after every
+# scenario: CI viewers choke on megabytes.
+JUNIT_CONSOLE_BYTES = 64 * 1024
+
+
 @dataclass
 class Run:
     config: Config
@@ -62,6 +78,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.results: list[Result] = []
+        self.consoles: dict[str, str] = {}    # artifacts -> the tail of the scenario's console slice
         self.kernels: list[dict[str, Any]] = []
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -72,7 +89,7 @@ class Run:
 
     def _write_reports(self) -> None:
         try:
-            write_reports(self.out_dir, self.results, self.meta())
+            write_reports(self.out_dir, self.results, self.meta(), self.consoles)
         except OSError as e:
             raise OutputError(f"cannot write the results into {self.out_dir}: {e.strerror}; "
                               f"the run stops") from None
@@ -105,20 +122,10 @@ class Run:
         for sc, dirname in slots:
             self._record(Result(kernel=label, kernel_spec=spec.text, accel=accel, scenario=sc.name,
                                 verdict="error", findings=(message,), duration_s=0.0, seed=self.config.seed,
-                                artifacts=f"{_safe(label)}/{dirname}"))
-
-    def slots(self) -> list[tuple[ScenarioConfig, str]]:
-        """Each configured scenario with its own directory name: the scenario's name, then name.2,
-        name.3 for repeats, so a config may run one scenario with several settings."""
-        seen: dict[str, int] = {}
-        slots = []
-        for sc in self.config.scenarios:
-            seen[sc.name] = seen.get(sc.name, 0) + 1
-            slots.append((sc, _safe(sc.name) + (f".{seen[sc.name]}" if seen[sc.name] > 1 else "")))
-        return slots
+                                artifacts=f"{release_dir(label)}/{dirname}"))
 
     def _run_kernel(self, spec: KernelSpec, accel: AccelChoice) -> None:
-        pending = self.slots()
+        pending = scenario_slots(self.config)
         info: dict[str, Any] = {"spec": spec.text, "boots": 0}
         self.kernels.append(info)
         try:
@@ -182,19 +189,18 @@ class Run:
         lost: Optional[MachineLost] = None
         verdict: Optional[Verdict] = None
         taint_before = taint_after = 0
-        guest.deadline = None
         try:
-            taint_before = self._taint(guest)
-            guest.kmsg(f"notifier-harness: begin {sc.name}")
+            taint_before = self._mark(guest, f"begin {sc.name}")
             guest.start_budget(sc.timeout_s)
-            verdict = SCENARIOS[sc.name].run(ctx)
-            guest.deadline = None
-            guest.kmsg(f"notifier-harness: end {sc.name}")
-            taint_after = self._taint(guest)
+            try:
+                verdict = SCENARIOS[sc.name].run(ctx)
+            finally:
+                guest.deadline = None
+            taint_after = self._mark(guest, f"end {sc.name}")
         except MachineLost as e:
-            lost = e
+            lost = machine.account_for(e)
         except CommandTimeout as e:
-            lost = self._hang_or_slow(e, machine, guest, sc, sdir)
+            lost = self._hang_or_slow(e, machine, sdir)
             if lost is None:
                 verdict = Verdict("error", (str(e),))
         except HarnessError as e:
@@ -202,11 +208,12 @@ class Run:
         except OSError as e:
             # The scenario's own evidence files: a full disk is the run's problem, not the kernel's.
             raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
-        guest.deadline = None
         if lost is not None and lost.kind == "panic":
             time.sleep(0.5)    # the panic's trace is still arriving on the console
         text = machine.read_console(offset)
         (sdir / "console.log").write_text(text)
+        artifacts = str(sdir.relative_to(self.out_dir))
+        self.consoles[artifacts] = text[-JUNIT_CONSOLE_BYTES:]
         reports = classify(text)
         if reports:
             (sdir / "reports.txt").write_text("\n\n".join(f"[{r.kind}] {r.title}\n{r.text}" for r in reports) + "\n")
@@ -214,23 +221,25 @@ class Run:
         return Result(kernel=kernel.release, kernel_spec=kernel.spec.text, accel=machine.accel_used,
                       scenario=sc.name, verdict=verdict.status, findings=verdict.findings,
                       duration_s=time.monotonic() - start, seed=self.config.seed, notes=verdict.notes,
-                      reports=tuple(r.title for r in reports),
-                      artifacts=str(sdir.relative_to(self.out_dir))), lost is not None
+                      reports=tuple(r.title for r in reports), artifacts=artifacts), lost is not None
 
     @staticmethod
-    def _taint(guest: Guest) -> int:
-        return int(guest.check(["cat", "/proc/sys/kernel/tainted"], timeout=10).strip() or 0)
+    def _mark(guest: Guest, what: str) -> int:
+        """Write `notifier-harness: WHAT` into the kernel log and read the taint, in one round trip."""
+        out = guest.check(["sh", "-c", 'echo "notifier-harness: $1" > /dev/kmsg && cat /proc/sys/kernel/tainted',
+                           "mark", what], timeout=10)
+        return int(out.strip() or 0)
 
-    def _hang_or_slow(self, timeout: CommandTimeout, machine: Machine, guest: Guest, sc: ScenarioConfig,
-                      sdir: Path) -> Optional[MachineLost]:
+    def _hang_or_slow(self, timeout: CommandTimeout, machine: Machine, sdir: Path) -> Optional[MachineLost]:
         """A scenario out of time: a hang if the guest no longer answers a trivial command (then the
         evidence is saved and the machine is lost), else just a slow scenario (None)."""
         try:
             machine.ssh.run("true", timeout=HANG_PROBE_S, watch=machine.check_health)
             return None
         except MachineLost as e:
-            if e.kind != "ssh-lost":
-                return e      # it panicked or QEMU went away meanwhile: that is the story
+            account = machine.account_for(e)
+            if account.kind != "ssh-lost":
+                return account      # it panicked or QEMU went away meanwhile: that is the story
         except GuestError:
             pass
         evidence = machine.hang_evidence()

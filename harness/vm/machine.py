@@ -29,6 +29,8 @@ from harness.vm.ssh import SshSession, make_run_key
 DEFAULT_QEMU = "qemu-system-x86_64"
 POWERDOWN_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 5.0
+# How long a dropped SSH connection waits for QEMU's exit to explain it.
+ACCOUNT_WAIT_S = 1.0
 
 
 def free_port() -> int:
@@ -107,7 +109,7 @@ class Machine:
         while not self.console.ready.is_set():
             silent = not self.console.first_output.is_set()
             try:
-                self._check_alive("while booting")
+                self._check_alive("while booting", with_tail=True)
             except MachineError as e:
                 # KVM that kills QEMU before the kernel said a word (QEMU 7.2
                 # aborts on some MSRs under a paravirtual KVM) gets the same
@@ -166,14 +168,15 @@ class Machine:
         self.monitor = Monitor(qmp_socket)
         self.monitor.connect(timeout=15.0, alive=lambda: self.proc is not None and self.proc.poll() is None)
 
-    def _check_alive(self, when: str) -> None:
+    def _check_alive(self, when: str, with_tail: bool = False) -> None:
+        """Raise MachineLost if QEMU exited or the guest panicked.  `with_tail`: put the console tail
+        into the message (while booting it is the only evidence; a scenario keeps its own slice)."""
         assert self.proc and self.console and self.monitor
         code = self.proc.poll()
         if code is not None:
             self.console.close(1.0)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            # While booting the console tail is the only evidence; a scenario keeps its console slice.
-            tail = f"; console tail:\n{self.console.tail()}" if when == "while booting" else ""
+            tail = f"; console tail:\n{self.console.tail()}" if with_tail else ""
             raise MachineLost("qemu-exited", f"QEMU {how} {when}: {self.stderr_tail() or '(no stderr)'}{tail}")
         for event in self.monitor.poll_events():
             if event.get("event") == "GUEST_PANICKED":
@@ -188,6 +191,21 @@ class Machine:
         if self.proc is None:
             raise MachineLost("qemu-exited", "the machine is not running")
         self._check_alive("while a scenario ran")
+
+    def account_for(self, lost: MachineLost) -> MachineLost:
+        """The best account of a loss: a dropped SSH connection is often QEMU dying, whose socket
+        closes while the process is still exiting, so its exit gets a moment to show."""
+        if lost.kind != "ssh-lost" or self.proc is None:
+            return lost
+        try:
+            self.proc.wait(ACCOUNT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return lost
+        try:
+            self.check_health()
+        except MachineLost as e:
+            return e
+        return lost
 
     def _process_state(self) -> str:
         """QEMU's state letter from /proc (R, S, T, ...), or "" when it is gone."""

@@ -97,11 +97,8 @@ class SshSession:
         transport = self._client.get_transport()
 
         def lost(how: str) -> MachineLost:
-            # The machine's own account comes first (QEMU died, panic).  A killed QEMU's socket
-            # closes while the process is still exiting, so give its exit a moment to show.
-            for _ in range(10 if watch is not None else 0):
-                watch()          # type: ignore[misc]
-                time.sleep(0.1)
+            if watch is not None:
+                watch()          # the machine's own account comes first (QEMU died, panic)
             return MachineLost("ssh-lost", f"SSH connection {how}: {command}")
 
         if transport is None or not transport.is_active():

@@ -49,12 +49,11 @@ def test_an_error_stays_an_error_with_the_report_added():
     assert v.status == "error" and v.findings == ("workload exited", "kernel warning: WARNING in nh_ioctl")
 
 
-def test_junit_carries_the_console_slice(tmp_path):
-    (tmp_path / "k" / "fault").mkdir(parents=True)
-    (tmp_path / "k" / "fault" / "console.log").write_text("WARNING: CPU: 0 PID: 1 at x nh_ioctl+0x1/0x2\n\x07bell\n")
+def test_junit_carries_the_console_slice():
+    consoles = {"k/fault": "WARNING: CPU: 0 PID: 1 at x nh_ioctl+0x1/0x2\n\x07bell\n"}
     r = Result(kernel="k", kernel_spec="debian:6.1", accel="tcg", scenario="fault", verdict="fail",
                findings=("kernel warning: WARNING in nh_ioctl",), duration_s=1.0, seed=1, artifacts="k/fault")
-    case = ET.fromstring(junit_xml([r], tmp_path)).find("testcase")
+    case = ET.fromstring(junit_xml([r], consoles)).find("testcase")
     assert case.find("failure").get("message") == "kernel warning: WARNING in nh_ioctl"
     out = case.findtext("system-out")
     assert "--- console ---" in out and "nh_ioctl+0x1/0x2" in out and "?bell" in out
