@@ -69,11 +69,20 @@ class Expectation:
     checked: bool = True       # False: the operation is outside the model (e.g. the bench loop)
     # AnonHugePages (kB) of the operation's mapping afterwards: PMD-mapped THP blocks only.
     anon_huge_kb: Optional[int] = None
+    thp_known: bool = True     # False: the model cannot say (a collapse whose allocation failed)
     # Whose windows the operation causes: the workload's unless a kernel thread does the work (ksmd).
     pid: Optional[int] = None
     # Rules that are not a sequence of windows (KSM's per-page counts, aging callbacks): given the
     # operation's top-level windows, its own records (its task, its time) and the whole trace.
     check: Optional[Callable[[list[Pair], list[Record], Sequence[Record]], list[Finding]]] = None
+
+
+def _finding(rule: str, op: Op, message: str, rec: Optional[Record], records: Sequence[Record],
+             expected: str = "", observed: str = "") -> Finding:
+    """A finding of a per-operation rule, with the records around `rec` as evidence."""
+    return Finding(rule=rule, op=op.describe(), message=message, expected=expected,
+                   observed=observed or (rec.describe() if rec else ""),
+                   window=window_around(records, rec.seq) if rec else ())
 
 
 def _ir(f: Features, start: int, end: int) -> Optional[tuple[int, int]]:
@@ -242,10 +251,9 @@ def expect_ksm(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     def check(pairs: list[Pair], _own: list[Record], records: Sequence[Record]) -> list[Finding]:
         findings: list[Finding] = []
 
-        def add(message: str, seq: int = 0, expected: str = "") -> None:
-            findings.append(Finding(rule="ksm", op=op.describe(), message=message, expected=expected,
-                                    observed=f"{len(pairs)} windows from ksmd (pid {op.ksmd_pid})",
-                                    window=window_around(records, seq) if seq else ()))
+        def add(message: str, rec: Optional[Record] = None, expected: str = "") -> None:
+            findings.append(_finding("ksm", op, message, rec, records, expected=expected,
+                                     observed=f"{len(pairs)} windows from ksmd (pid {op.ksmd_pid})"))
 
         if op.merging_pages != len(pages):
             add(f"{op.merging_pages} of {len(pages)} identical pages merged after full_scans went "
@@ -254,7 +262,7 @@ def expect_ksm(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
         for pair in pairs:
             s, e = pair.range
             if pair.event != Event.CLEAR or e - s != PAGE or s not in pages:
-                add(f"ksmd window {pair.describe()} is not a 4 KiB CLEAR on a page of the region", pair.start.seq)
+                add(f"ksmd window {pair.describe()} is not a 4 KiB CLEAR on a page of the region", pair.start)
                 continue
             per_page[s] = per_page.get(s, 0) + 1
             findings.extend(_check_inner(pair, _cow_want(s, f, "KSM write_protect_page/replace_page"),
@@ -287,13 +295,6 @@ def expect_cold(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     return Expectation(op)
 
 
-def _young(rule: str, op: Op, message: str, rec: Optional[Record], records: Sequence[Record],
-           expected: str = "", observed: str = "") -> Finding:
-    return Finding(rule=rule, op=op.describe(), message=message, expected=expected,
-                   observed=observed or (rec.describe() if rec else ""),
-                   window=window_around(records, rec.seq) if rec else ())
-
-
 def expect_khugepaged(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     """khugepaged scanning a mapping made eligible with MADV_HUGEPAGE (§3 idle page tracking, khugepaged).
 
@@ -320,38 +321,33 @@ def expect_khugepaged(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
         for r in own:
             if r.callback == Callback.TEST_YOUNG:
                 if r.start in young:
-                    findings.append(_young("test-young", op, f"test_young {r.start:#x} on a page whose PTE is "
+                    findings.append(_finding("test-young", op, f"test_young {r.start:#x} on a page whose PTE is "
                                            f"young: khugepaged asks the secondary MMU only about old PTEs", r, records,
                                            expected="no test_young for a young PTE"))
                 elif r.start not in old:
-                    findings.append(_young("test-young", op, f"test_young {r.start:#x} outside the mapping's "
+                    findings.append(_finding("test-young", op, f"test_young {r.start:#x} outside the mapping's "
                                            f"eligible blocks", r, records))
                 tested.add(r.start)
             elif r.callback in (Callback.CLEAR_YOUNG, Callback.CLEAR_FLUSH_YOUNG):
-                findings.append(_young("test-young", op, f"{r.callback.name.lower()} from khugepaged, which only "
+                findings.append(_finding("test-young", op, f"{r.callback.name.lower()} from khugepaged, which only "
                                        f"tests", r, records, expected="test_young only"))
         untested = sorted(old - tested)
         if untested:
-            findings.append(_young("test-young", op, f"{len(untested)} old PTEs khugepaged scanned were never "
+            findings.append(_finding("test-young", op, f"{len(untested)} old PTEs khugepaged scanned were never "
                                    f"tested with test_young, first {untested[0]:#x}", None, records,
                                    expected=f"test_young at each of the {len(old)} old PTEs",
                                    observed=f"{len(tested)} pages tested"))
         allows = [Allow(Event.CLEAR, "a collapse whose huge page allocation may have failed and been retried",
                         lambda s, e: s in collapsing and e == s + HPAGE)] if may_fail else []
         findings += _match(pairs, [] if may_fail else wants, allows, op.describe(), records, f)
-        huge = len(collapsing) * 2048
-        if not may_fail and op.anon_huge_kb >= 0 and op.anon_huge_kb != huge:
-            findings.append(Finding(rule="thp-state", op=op.describe(),
-                                    message=f"{op.anon_huge_kb} kB PMD-mapped after khugepaged's scans; blocks "
-                                            f"with a referenced PTE: {len(collapsing)} of {len(blocks)}",
-                                    expected=f"AnonHugePages {huge} kB", observed=f"AnonHugePages {op.anon_huge_kb} kB"))
         return findings
 
     if not may_fail:
         for b in collapsing:
             aspace.blocks[b] = Block()
             aspace.populated_pmds.add(b)
-    return Expectation(op, pid=op.khugepaged_pid, check=check)
+    # A failed allocation leaves the THP state unknown: khugepaged may have retried and succeeded.
+    return Expectation(op, pid=op.khugepaged_pid, check=check, thp_known=not may_fail)
 
 
 def expect_reclaim(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
@@ -386,39 +382,39 @@ def expect_reclaim(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
         for r in own:
             if r.callback == aging:
                 if not (page_or_pmd(r.start, r.end) and in_vma(r.start, r.end)):
-                    findings.append(_young("aging", op, f"{aging.name.lower()} [{r.start:#x}, {r.end:#x}) is not "
+                    findings.append(_finding("aging", op, f"{aging.name.lower()} [{r.start:#x}, {r.end:#x}) is not "
                                            f"one page or PMD of a VMA of the workload", r, records))
                 for p in range(r.start, r.end, PAGE):
                     aged.setdefault(p, r)
             elif r.callback == other:
-                findings.append(_young("aging", op, f"{other.name.lower()} during reclaim, where {why}", r, records,
+                findings.append(_finding("aging", op, f"{other.name.lower()} during reclaim, where {why}", r, records,
                                        expected=aging.name.lower()))
             elif r.callback == Callback.TEST_YOUNG:
-                findings.append(_young("aging", op, "test_young during reclaim: only khugepaged and DAMON ask it",
+                findings.append(_finding("aging", op, "test_young during reclaim: only khugepaged and DAMON ask it",
                                        r, records))
         in_region = [p for p in aged if op.start <= p < op.end]
         if not in_region:
-            findings.append(_young("aging", op, f"no {aging.name.lower()} on the mapping while reclaim scanned it "
+            findings.append(_finding("aging", op, f"no {aging.name.lower()} on the mapping while reclaim scanned it "
                                    f"({why})", None, records, expected=f"{aging.name.lower()} on its pages",
                                    observed=f"{len(aged)} pages aged elsewhere"))
         unmapped: set[int] = set()
         for pair in pairs:
             s, e = pair.range
             if pair.event != Event.CLEAR or e - s != PAGE or not in_vma(s, e):
-                findings.append(_young("unexpected", op, f"unexpected window {pair.describe()} during reclaim",
+                findings.append(_finding("unexpected", op, f"unexpected window {pair.describe()} during reclaim",
                                        pair.start, records, expected="4 KiB CLEARs from try_to_unmap_one"))
                 continue
             if s not in aged or aged[s].seq > pair.start.seq:
-                findings.append(_young("aging", op, f"page {s:#x} was unmapped for swap-out ({pair.describe()}) "
+                findings.append(_finding("aging", op, f"page {s:#x} was unmapped for swap-out ({pair.describe()}) "
                                        f"before any {aging.name.lower()} on it: shrink_folio_list checks references "
                                        f"first", pair.start, records))
             unmapped.add(s)
         swapped = max(op.swap_kb, 0) // 4
         if op.swap_kb == 0:
-            findings.append(_young("reclaim", op, f"memory.reclaim swapped nothing of the mapping out "
+            findings.append(_finding("reclaim", op, f"memory.reclaim swapped nothing of the mapping out "
                                    f"(errno {op.errno}); the scenario saw no reclaim", None, records))
         if len([p for p in unmapped if op.start <= p < op.end]) < swapped:
-            findings.append(_young("reclaim", op, f"{swapped} pages of the mapping are in swap but only "
+            findings.append(_finding("reclaim", op, f"{swapped} pages of the mapping are in swap but only "
                                    f"{len(unmapped)} were unmapped under a CLEAR window", None, records,
                                    expected=f"a 4 KiB CLEAR for each of the {swapped} swapped pages"))
         return findings
@@ -457,10 +453,12 @@ def expectations(ops: Sequence[Op], f: Features) -> list[Expectation]:
             aspace.access(op.start, op.end)      # the CPU marks every PTE it goes through accessed
         elif op.kind == "cow":
             aspace.access(op.start, op.start + PAGE)
-        if op.name in regions and regions[op.name][2]:
-            start, end, _ = regions[op.name]
-            exp.anon_huge_kb = sum(2048 for b0, blk in aspace.blocks.items()
-                                   if start <= b0 < end and blk.pmd_mapped and blk.present)
+        if op.name in regions and exp.thp_known:
+            start, end, thp = regions[op.name]
+            # THP mappings, and any other that khugepaged collapsed: the model knows its blocks.
+            if thp or any(start <= b0 < end for b0 in aspace.blocks):
+                exp.anon_huge_kb = sum(2048 for b0, blk in aspace.blocks.items()
+                                       if start <= b0 < end and blk.pmd_mapped and blk.present)
         out.append(exp)
     return out
 
