@@ -28,7 +28,6 @@ def normalise(finding: str) -> str:
 
 @dataclass(frozen=True)
 class Change:
-    key: tuple[int, str]
     kernels: str              # "A-release -> B-release"
     scenario: str
     verdict_a: str
@@ -73,7 +72,7 @@ def compare(a: RunDir, b: RunDir) -> Comparison:
         if ra["verdict"] == rb["verdict"] and fa == fb:
             unchanged += 1
             continue
-        changes.append(Change(key=key, kernels=f"{ra['kernel']} -> {rb['kernel']}", scenario=key[1],
+        changes.append(Change(kernels=f"{ra['kernel']} -> {rb['kernel']}", scenario=key[1],
                               verdict_a=ra["verdict"], verdict_b=rb["verdict"],
                               new=tuple(sorted(fb - fa)), vanished=tuple(sorted(fa - fb))))
 

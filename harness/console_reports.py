@@ -19,6 +19,7 @@ from typing import Callable, Optional
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 _RIP = re.compile(r"\bRIP: \d+:(?:\[<[0-9a-f]+>\] )?([A-Za-z0-9_.]+)\+0x")
 _END = re.compile(r"---\[ end (?:trace|Kernel panic)")
+_CUT_HERE = "------------[ cut here ]------------"
 MAX_LINES = 80
 
 
@@ -60,9 +61,9 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[re.Match[str], list[str]], st
     ("kfence", re.compile(r"BUG: KFENCE: ([\w -]+?) in ([\w.]+)"), _group("KFENCE: {} in {}")),
     ("ubsan", re.compile(r"UBSAN: ([\w-]+) in (\S+)"), _group("UBSAN: {} in {}")),
     ("soft-lockup", re.compile(r"BUG: soft lockup - CPU#\d+ stuck for \d+s!"), _in("BUG: soft lockup")),
-    ("mm", re.compile(r"BUG: (Bad rss-counter state|Bad page map|Bad page state|"
-                      r"non-zero pgtables_bytes on freeing mm|non-zero nr_ptes on freeing mm)"), _group("BUG: {}")),
-    ("mm", re.compile(r"(non-zero nr_ptes on freeing mm)"), _group("BUG: {}")),
+    # check_mm() printed nr_ptes without "BUG: " before it became pgtables_bytes.
+    ("mm", re.compile(r"(?:BUG: )?(Bad rss-counter state|Bad page map|Bad page state|"
+                      r"non-zero (?:pgtables_bytes|nr_ptes) on freeing mm)"), _group("BUG: {}")),
     ("lockdep", re.compile(r"WARNING: (possible circular locking dependency detected|possible recursive locking "
                            r"detected|inconsistent lock state|suspicious RCU usage|bad unlock balance detected!|"
                            r"possible irq lock inversion dependency detected|lock held when returning to user "
@@ -114,7 +115,9 @@ def classify(text: str) -> list[Report]:
                 break
             j += 1
         body = lines[i:j]
-        reports.append(Report(kind=kind, title=title(match, body), text="\n".join(body), line=i))
+        # WARN() and BUG() print "cut here" and their own message before the report's first line.
+        first = next((k for k in range(max(i - 2, 0), i) if lines[k].strip() == _CUT_HERE), i)
+        reports.append(Report(kind=kind, title=title(match, body), text="\n".join(lines[first:j]), line=first))
         i = j
     return reports
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Collection
 
 from harness.config import Config, parse_config
-
 from harness.errors import HarnessError
 from harness.report import RESULTS_SCHEMA
 
@@ -24,7 +23,7 @@ class RunDir:
 
     @property
     def results(self) -> list[dict[str, Any]]:
-        return list(self.document["results"])
+        return self.document["results"]  # type: ignore[no-any-return]
 
     def config(self, known_scenarios: Collection[str]) -> Config:
         """The run's resolved config (config.json), as it ran."""

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import threading
 
-from harness.config import FAULTS
+from harness.artifacts.guest_build import GUEST_BIN
 from harness.errors import GuestError
 from harness.scenarios.base import ScenarioContext
 from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
-NHCTL = "/opt/nh/bin/nhctl"
+NHCTL = f"{GUEST_BIN}/nhctl"
 
 # In-guest faults: the command, and the settings that make the kernel notice within seconds.
 GUEST = {
@@ -42,7 +42,6 @@ class Fault:
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest
-        assert cfg.fault in FAULTS
         load_probe(guest, cfg.probe_corrupt)
         run = run_mmops(guest, "before-fault", ["map:A:64K:nothp", "dontneed:A:0:16K", "munmap:A:16K:16K"])
         findings, _ = judge_run(run, ctx.features, ctx.out_dir)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
+from harness.console_reports import classify
 from harness.scenarios.base import ScenarioContext
 from harness.verdict import Verdict
-
-# The oops classifier of the crash-handling work will replace this list; it is
-# enough to refuse a boot that already went wrong.
-_BAD_LOG = re.compile(r"(Kernel panic - not syncing|Oops[:-]|BUG: |WARNING: |general protection fault"
-                      r"|Call Trace:)")
 
 
 class Smoke:
@@ -43,9 +37,8 @@ class Smoke:
             else:
                 notes.append(f"/dev/kvm present after modprobe {vendor}")
 
+        # The runner classifies the scenario's own console slice; the boot before it is smoke's.
         log = guest.dmesg()
-        bad = [line for line in log.splitlines() if _BAD_LOG.search(line)]
-        if bad:
-            findings.append(f"kernel log shows {len(bad)} error line(s), first: {bad[0].strip()}")
+        findings += [f"boot log: kernel {r.kind}: {r.title}" for r in classify(log)]
         (ctx.out_dir / "dmesg.log").write_text(log)
         return Verdict.from_findings(findings, notes)

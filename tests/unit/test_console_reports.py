@@ -23,7 +23,9 @@ def test_panic_recorded_on_6_1():
 def test_warning_recorded_on_6_1_is_titled_by_its_function():
     (report,) = classify((DATA / "6.1-warn.log").read_text())
     assert (report.kind, report.title) == ("warning", "WARNING in nh_ioctl")
-    assert "nh_probe: warning requested through NH_IOC_DEBUG" in report.text or "Call Trace" in report.text
+    assert report.text.startswith("------------[ cut here ]------------\nnh_probe: warning requested through "
+                                  "NH_IOC_DEBUG\nWARNING: CPU: 0 PID: 134")
+    assert "Call Trace:" in report.text
     assert report.text.rstrip().endswith("---[ end trace 0000000000000000 ]---")
 
 
