@@ -439,6 +439,18 @@ static void op_data(const char *op, char **f, int n)
 
 #define KSM "/sys/kernel/mm/ksm/"
 
+/* Poll a kernel thread's full_scans until it is two past `before` or the timeout: a whole pass
+ * that began after the caller's change (the first one may have begun before it). */
+static long wait_two_scans(const char *path, long before, long timeout_s)
+{
+	uint64_t deadline = now_ns() + (uint64_t)timeout_s * 1000000000ULL;
+	long scans;
+
+	while ((scans = read_long(path)) < before + 2 && now_ns() < deadline)
+		usleep(5000);
+	return scans;
+}
+
 /* A path of its own: read_long() reads into scratch. */
 static const char *merging_path(void)
 {
@@ -451,7 +463,7 @@ static const char *merging_path(void)
 static void op_ksm(char **f, int n)
 {
 	struct mapping *m;
-	uint64_t t0, t1, deadline;
+	uint64_t t0, t1;
 	long scans0, scans, merging, shared, sharing, timeout_s = n > 2 ? strtol(f[2], NULL, 0) : 30;
 	int ksmd;
 
@@ -466,9 +478,7 @@ static void op_ksm(char **f, int n)
 	if (write_str(KSM "pages_to_scan", "5000") || write_str(KSM "sleep_millisecs", "10") ||
 	    write_str(KSM "run", "1"))
 		fail("ksm", "starting ksmd through " KSM, errno);
-	deadline = now_ns() + (uint64_t)timeout_s * 1000000000ULL;
-	while ((scans = read_long(KSM "full_scans")) < scans0 + 2 && now_ns() < deadline)
-		usleep(5000);
+	scans = wait_two_scans(KSM "full_scans", scans0, timeout_s);
 	write_str(KSM "run", "0");
 	t1 = now_ns();
 	merging = read_long(merging_path());
@@ -566,58 +576,63 @@ static long vmstat(const char *name)
 	return -1;
 }
 
+/* khugepaged's settings while the khugepaged op runs: a pass every 20 ms over 8 blocks. */
+static const char *const khugepaged_fast[][2] = {
+	{ "scan_sleep_millisecs", "20" }, { "alloc_sleep_millisecs", "20" }, { "pages_to_scan", "4096" },
+};
+#define N_KNOBS (sizeof(khugepaged_fast) / sizeof(khugepaged_fast[0]))
+
+/* Write VALUE to khugepaged's knob NAME; with OLD, first keep what it held there. */
+static int khugepaged_knob(const char *name, const char *value, char old[32])
+{
+	char path[128];
+
+	snprintf(path, sizeof(path), THP "%s", name);
+	if (old) {
+		if (read_file(path) <= 0)
+			return -1;
+		snprintf(old, 32, "%.31s", scratch);
+	}
+	return write_str(path, value);
+}
+
 /*
  * khugepaged scans fast until two full passes have completed since
  * MADV_HUGEPAGE registered the mm (the first may have begun before), then
- * the mapping is made ineligible again so that later passes add nothing.
+ * the mapping is made ineligible again so that later passes add nothing,
+ * and khugepaged's settings are put back (also when a step fails).
  */
 static void op_khugepaged(char **f, int n)
 {
-	static const char *knobs[] = { "scan_sleep_millisecs", "alloc_sleep_millisecs", "pages_to_scan" };
-	static const char *fast[] = { "20", "20", "4096" };
-	char saved[3][32];
+	char saved[N_KNOBS][32] = { { 0 } };
 	struct mapping *m;
-	uint64_t t0, t1, deadline;
+	uint64_t t0, t1;
 	long scans0, scans, alloc0, failed0, timeout_s = n > 2 ? strtol(f[2], NULL, 0) : 30;
-	int kthread;
+	const char *failed = NULL;
+	int kthread, err = 0;
 
 	if (n < 2)
 		fail("khugepaged", "usage khugepaged:NAME[:TIMEOUT_S]", 0);
 	m = find("khugepaged", f[1]);
 	kthread = find_kthread("khugepaged");
-	for (int i = 0; i < 3; i++) {
-		char path[128];
-
-		snprintf(path, sizeof(path), THP "%s", knobs[i]);
-		if (read_file(path) <= 0)
-			fail("khugepaged", "reading " THP, errno);
-		snprintf(saved[i], sizeof(saved[i]), "%.31s", scratch);
-	}
 	alloc0 = vmstat("thp_collapse_alloc");
 	failed0 = vmstat("thp_collapse_alloc_failed");
 	scans0 = read_long(THP "full_scans");
 	t0 = now_ns();
-	for (int i = 0; i < 3; i++) {
-		char path[128];
-
-		snprintf(path, sizeof(path), THP "%s", knobs[i]);
-		if (write_str(path, fast[i]))
-			fail("khugepaged", "setting khugepaged's scan rate", errno);
-	}
-	if (madvise((void *)m->start, m->size, MADV_HUGEPAGE))
-		fail("khugepaged", "madvise(MADV_HUGEPAGE)", errno);
-	deadline = now_ns() + (uint64_t)timeout_s * 1000000000ULL;
-	while ((scans = read_long(THP "full_scans")) < scans0 + 2 && now_ns() < deadline)
-		usleep(5000);
-	if (madvise((void *)m->start, m->size, MADV_NOHUGEPAGE))
-		fail("khugepaged", "madvise(MADV_NOHUGEPAGE)", errno);
+	for (size_t i = 0; i < N_KNOBS && !failed; i++)
+		if (khugepaged_knob(khugepaged_fast[i][0], khugepaged_fast[i][1], saved[i]))
+			failed = "setting khugepaged's scan rate", err = errno;
+	if (!failed && madvise((void *)m->start, m->size, MADV_HUGEPAGE))
+		failed = "madvise(MADV_HUGEPAGE)", err = errno;
+	scans = failed ? scans0 : wait_two_scans(THP "full_scans", scans0, timeout_s);
+	if (!failed && madvise((void *)m->start, m->size, MADV_NOHUGEPAGE))
+		failed = "madvise(MADV_NOHUGEPAGE)", err = errno;
 	t1 = now_ns();
-	for (int i = 0; i < 3; i++) {
-		char path[128];
-
-		snprintf(path, sizeof(path), THP "%s", knobs[i]);
-		write_str(path, saved[i]);
-	}
+	for (size_t i = 0; i < N_KNOBS; i++)
+		if (saved[i][0])
+			khugepaged_knob(khugepaged_fast[i][0], saved[i], NULL);
+	if (failed)
+		fail("khugepaged", failed, err);
 	printf("{\"op\": \"khugepaged\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"khugepaged_pid\": %d, "
 	       "\"full_scans\": %ld, \"full_scans_before\": %ld, \"collapse_alloc\": %ld, \"collapse_alloc_failed\": %ld, "
 	       "\"anon_huge_kb\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
