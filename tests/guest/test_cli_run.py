@@ -36,9 +36,12 @@ def test_run_smoke_on_6_1_writes_results_and_junit(kernels, tmp_path, capsys):
                                              (signal.SIGTERM, 143, "terminated")])
 def test_ctrl_c_or_sigterm_during_boot_leaves_no_qemu_and_no_private_dir(kernels, tmp_path, sig, code, said):
     out = tmp_path / "boot"
+    # As from a terminal: a test run started in the background of a script inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler at all.
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "boot", "--kernel", "debian:6.1", "--accel", "tcg",
                              "--out", str(out), "--command", "true"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # console.log appears right after QEMU started, a second or more before the kernel's first line
     # and two before SSH: the signal lands in the middle of the boot.
     console = out / "console.log"
