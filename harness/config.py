@@ -37,6 +37,7 @@ class MachineConfig:
 
 
 PROBE_CORRUPTIONS = ("off", "drop-end", "shrink-range")
+VMM_CORRUPTIONS = ("off", "skip-clear", "flip-bit")
 FAULTS = ("none", "panic", "warn", "oops", "lockup", "hung-task", "hang", "qemu-stop", "qemu-kill", "ssh-cut")
 
 
@@ -62,6 +63,11 @@ class ScenarioConfig:
     khugepaged_timeout_s: float = 30.0
     # fault: what to inject mid-scenario (the harness's own crash handling tests).
     fault: str = "none"
+    # dirty-log: random examples (a fresh VM each), steps per example at most, and the VMM's
+    # debug corruption (the oracle's self-test: it must make the scenario fail).
+    examples: int = 25
+    steps: int = 20
+    vmm_corrupt: str = "off"
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,9 @@ _SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "reclaim": ("reclaim_mib", _mib),
     "khugepaged_timeout": ("khugepaged_timeout_s", _seconds),
     "fault": ("fault", _one_of(FAULTS)),
+    "examples": ("examples", _int_in(1, 100000)),
+    "steps": ("steps", _int_in(1, 1000)),
+    "vmm_corrupt": ("vmm_corrupt", _one_of(VMM_CORRUPTIONS)),
 }
 
 _TOP_KEYS = ("kernels", "machine", "scenarios", "seed")

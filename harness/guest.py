@@ -29,7 +29,8 @@ class Guest:
         self.budget_s = seconds
         self.deadline = time.monotonic() + seconds
 
-    def _timeout(self, wanted: float) -> float:
+    def timeout_for(self, wanted: float) -> float:
+        """`wanted`, cut to what is left of the scenario's budget (CommandTimeout if nothing is)."""
         if self.deadline is None:
             return wanted
         left = self.deadline - time.monotonic()
@@ -39,7 +40,7 @@ class Guest:
 
     def run(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> CommandResult:
         """Run and return the result whatever its exit status."""
-        return self.ssh.run(argv, timeout=self._timeout(timeout), watch=self.watch)
+        return self.ssh.run(argv, timeout=self.timeout_for(timeout), watch=self.watch)
 
     def check(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> str:
         """Run, insist on exit 0, return stdout."""

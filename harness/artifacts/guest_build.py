@@ -16,7 +16,7 @@ from harness.artifacts.modules import parse_modinfo, read_module_bytes
 from harness.errors import ArtifactError
 
 GUEST = Path(__file__).resolve().parent.parent.parent / "guest"
-WORKLOADS = ("nhctl", "mmops")
+WORKLOADS = ("nhctl", "mmops", "minivmm")
 # Where the guest finds them.
 GUEST_BIN = "/opt/nh/bin"
 GUEST_PROBE = "/opt/nh/nh_probe.ko"

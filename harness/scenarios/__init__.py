@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from harness.scenarios.aging import Aging
 from harness.scenarios.base import Scenario, ScenarioContext
+from harness.scenarios.dirty_log import DirtyLog
 from harness.scenarios.fault import Fault
 from harness.scenarios.ksm import Ksm
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
@@ -11,7 +12,8 @@ from harness.scenarios.oom import MemcgOom, MemcgOomNonblockFail
 from harness.scenarios.smoke import Smoke
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail(), Fault())}
+    Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail(), DirtyLog(),
+    Fault())}
 
 # Scenarios that test the harness itself (fault injection): never in the default configs.
 SELF_TESTS = frozenset({"fault"})

@@ -180,7 +180,15 @@ class Machine:
             raise MachineLost("qemu-exited", f"QEMU {how} {when}: {self.stderr_tail() or '(no stderr)'}{tail}")
         for event in self.monitor.poll_events():
             if event.get("event") == "GUEST_PANICKED":
-                self.console.wait(self.console.panicked, 1.0)   # the panic line is on its way
+                if not self.console.wait(self.console.panicked, 0.5):
+                    # pvpanic paused the guest inside panic()'s notifier chain, which runs before
+                    # console_flush_on_panic: the oops may still be unprinted.  Let the kernel go
+                    # on; with panic=-1 and -no-reboot it flushes its consoles and QEMU exits.
+                    try:
+                        self.monitor.command("cont")
+                    except MachineError:
+                        pass
+                    self.console.wait(self.console.panicked, 3.0)
                 raise MachineLost("panic", f"guest panicked {when} (QMP GUEST_PANICKED): "
                                            f"{self.console.panic_line or 'see console'}")
         if self.console.panicked.is_set():

@@ -140,6 +140,22 @@ class SshSession:
                              stdout_bytes=bytes(out), stderr=err.decode(errors="replace"),
                              duration_s=time.monotonic() - start)
 
+    def start(self, argv: Union[str, Sequence[str]], watch: Optional[Callable[[], None]] = None
+              ) -> "RemoteProcess":
+        """A command whose stdin and stdout stay open: a request/answer session over one channel."""
+        command = quote_argv(argv)
+        transport = self._client.get_transport()
+        if transport is None or not transport.is_active():
+            if watch is not None:
+                watch()
+            raise MachineLost("ssh-lost", f"SSH connection lost before running: {command}")
+        try:
+            chan = transport.open_session(timeout=10)
+            chan.exec_command(command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise GuestError(f"starting {command} failed: {type(e).__name__}: {e}") from None
+        return RemoteProcess(chan, command, transport, watch)
+
     def interactive(self) -> int:
         """A shell on the user's terminal until it exits; returns its exit status."""
         import termios
@@ -190,3 +206,79 @@ class SshSession:
 
     def close(self) -> None:
         self._client.close()
+
+
+class RemoteProcess:
+    """One guest process driven line by line over its own SSH channel (stdin -> stdout).
+
+    Reads poll `watch` like SshSession.run, so a panic or a dead QEMU ends a wait
+    at once; stderr is collected on the side for error messages."""
+
+    def __init__(self, chan: paramiko.Channel, command: str, transport: paramiko.Transport,
+                 watch: Optional[Callable[[], None]]):
+        self.command = command
+        self._chan = chan
+        self._transport = transport
+        self._watch = watch
+        self._buf = bytearray()
+        self.stderr = bytearray()
+        self.eof = False
+
+    def _lost(self) -> MachineLost:
+        if self._watch is not None:
+            self._watch()
+        return MachineLost("ssh-lost", f"SSH connection dropped while running: {self.command}")
+
+    def send_line(self, line: str) -> None:
+        try:
+            self._chan.sendall(line.encode() + b"\n")
+        except (OSError, paramiko.SSHException, EOFError):
+            if not self._transport.is_active():
+                raise self._lost() from None
+            self.eof = True     # the process is gone; the next read says so
+
+    def read_line(self, timeout: float) -> Optional[str]:
+        """The next line without its newline; None at end of output; CommandTimeout if none comes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            newline = self._buf.find(b"\n")
+            if newline >= 0:
+                line = bytes(self._buf[:newline])
+                del self._buf[:newline + 1]
+                return line.decode(errors="replace")
+            if self.eof:
+                return None
+            if self._chan.recv_stderr_ready():
+                self.stderr += self._chan.recv_stderr(65536)
+            elif self._chan.recv_ready():
+                data = self._chan.recv(65536)
+                if not data:
+                    self.eof = True
+                self._buf += data
+            elif self._chan.eof_received:
+                self.eof = True
+            elif time.monotonic() > deadline:
+                raise CommandTimeout(f"no answer in {timeout:.0f} s from {self.command}")
+            elif not self._transport.is_active():
+                raise self._lost()
+            else:
+                if self._watch is not None:
+                    self._watch()
+                select.select([self._chan], [], [], 0.2)
+
+    def close(self, timeout: float = 10.0) -> Optional[int]:
+        """Close stdin and wait for the exit status (None if it does not come in `timeout`)."""
+        try:
+            self._chan.shutdown_write()
+        except (OSError, paramiko.SSHException, EOFError):
+            pass
+        deadline = time.monotonic() + timeout
+        while not self._chan.exit_status_ready() and time.monotonic() < deadline and self._transport.is_active():
+            if self._chan.recv_ready():
+                self._buf += self._chan.recv(65536)
+            if self._chan.recv_stderr_ready():
+                self.stderr += self._chan.recv_stderr(65536)
+            select.select([self._chan], [], [], 0.1)
+        status = self._chan.recv_exit_status() if self._chan.exit_status_ready() else None
+        self._chan.close()
+        return status

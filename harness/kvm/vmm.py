@@ -1,0 +1,121 @@
+"""minivmm, the VMM inside the guest, driven as one long-lived process over one SSH channel.
+
+Each request is one JSON line and gets one JSON line back.  An answer's
+`ret`/`errno` are the kernel's and are for the caller to judge; an `error`
+key means minivmm could not do what was asked (a setup step failed, the L2
+did not come back), which is the harness's problem, not a verdict on KVM.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections import deque
+from typing import Any, Optional
+
+from harness.artifacts.guest_build import GUEST_BIN
+from harness.errors import CommandTimeout, GuestError, HarnessError
+from harness.guest import Guest
+
+VMM = f"{GUEST_BIN}/minivmm"
+KVM_MODULES = {"svm": "kvm_amd", "vmx": "kvm_intel"}
+
+
+class VmmError(GuestError):
+    """minivmm crashed, hung, printed garbage or could not set the VM up."""
+
+
+def kvm_unavailable(guest: Guest) -> Optional[str]:
+    """Load KVM for the guest's CPU; the reason the guest cannot be a KVM host, or None."""
+    flags = guest.cpu_flags()
+    vendor = next((m for flag, m in KVM_MODULES.items() if flag in flags), None)
+    if vendor is None:
+        return f"the guest CPU shows neither svm nor vmx under {guest.accel}: no KVM inside the guest"
+    loaded = guest.modprobe(vendor)
+    if not loaded.ok:
+        return f"modprobe {vendor} failed: {(loaded.stderr or loaded.stdout).strip()}"
+    if not guest.run(["test", "-c", "/dev/kvm"]).ok:
+        return f"/dev/kvm did not appear after loading {vendor}"
+    return None
+
+
+class Vmm:
+    """One minivmm process.  `cgroup`: it joins that cgroup before exec (the OOM scenario)."""
+
+    def __init__(self, guest: Guest, corrupt: str = "off", cgroup: Optional[str] = None,
+                 timeout: float = 60.0):
+        self.guest = guest
+        self.timeout = timeout
+        self.history: deque[str] = deque(maxlen=6)    # the last lines exchanged, for error messages
+        argv = [VMM] + (["--corrupt", corrupt] if corrupt != "off" else [])
+        command = " ".join(shlex.quote(a) for a in argv)
+        if cgroup:
+            command = f"echo $$ > {shlex.quote(cgroup)}/cgroup.procs && exec {command}"
+        self.proc = guest.ssh.start(["sh", "-c", command], watch=guest.watch)
+        hello = self._answer("hello")
+        self.pid: int = hello["pid"]
+        self.exit_status: Optional[int] = None
+
+    def _fail(self, what: str) -> VmmError:
+        said = "; ".join(self.history)
+        err = self.proc.stderr.decode(errors="replace").strip()[-300:]
+        return VmmError(f"minivmm {what}{'; last exchanged: ' + said if said else ''}"
+                        f"{'; stderr: ' + err if err else ''}")
+
+    def _answer(self, op: str, timeout: Optional[float] = None) -> dict[str, Any]:
+        try:
+            line = self.proc.read_line(self.guest.timeout_for(timeout or self.timeout))
+        except CommandTimeout:
+            raise self._fail(f"gave no answer to {op!r} in {timeout or self.timeout:.0f} s") from None
+        if line is None:
+            self.exit_status = self.proc.close(timeout=2)
+            raise self._fail(f"exited (status {self.exit_status}) instead of answering {op!r}")
+        self.history.append(f"< {line[:300]}")
+        try:
+            answer = json.loads(line)
+        except json.JSONDecodeError:
+            raise self._fail(f"answered {op!r} with something that is not JSON") from None
+        if not isinstance(answer, dict) or answer.get("op") != op:
+            raise self._fail(f"answered {op!r} out of turn")
+        if "error" in answer:
+            raise self._fail(f"could not do {op!r}: {answer['error']}")
+        return answer
+
+    def call(self, op: str, timeout: Optional[float] = None, **args: Any) -> dict[str, Any]:
+        request = json.dumps({"op": op, **args})
+        self.history.append(f"> {request[:300]}")
+        self.proc.send_line(request)
+        return self._answer(op, timeout)
+
+    def send(self, op: str, **args: Any) -> None:
+        """A request whose answer may never come (the OOM killer ends the VMM mid-request)."""
+        request = json.dumps({"op": op, **args})
+        self.history.append(f"> {request[:300]}")
+        self.proc.send_line(request)
+
+    def wait_exit(self, timeout: float) -> Optional[str]:
+        """Read until the VMM's output ends; the last line it printed, if any."""
+        last = None
+        while True:
+            line = self.proc.read_line(self.guest.timeout_for(timeout))
+            if line is None:
+                self.exit_status = self.proc.close(timeout=2)
+                return last
+            last = line
+
+    def close(self) -> None:
+        """End the process whatever state it is in; the kernel tears the VM down with it."""
+        status = self.proc.close(timeout=3)
+        if status is None:
+            try:
+                self.guest.run(["kill", "-9", str(self.pid)], timeout=10)
+            except HarnessError:
+                pass    # the error that brought us here says more; the runner judges the machine
+            status = self.proc.close(timeout=3)
+        self.exit_status = status
+
+    def __enter__(self) -> "Vmm":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,260 @@
+"""dirty-log: the kernel's KVM dirty log against the model, by seeded random operation sequences.
+
+hypothesis's stateful testing drives minivmm (the system under test) and
+harness.model.dirty_log (the oracle) with the same operations: create a VM
+(fresh per example), write and read pages from the L2, GET and CLEAR the
+dirty log with aligned, misaligned and out-of-slot ranges, enable the manual
+protect capability with valid and invalid values, toggle
+KVM_MEM_LOG_DIRTY_PAGES, drop pages with MADV_DONTNEED.  Every answer is
+checked as it comes; a failure is shrunk to a minimal sequence and reported
+with the seed and the exact requests minivmm was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Optional, TextIO
+
+from hypothesis import HealthCheck, seed, settings
+from hypothesis import strategies as st
+from hypothesis.reporting import with_reporter
+from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+
+from harness.errors import HarnessError
+from harness.kvm.vmm import Vmm, kvm_unavailable
+from harness.model.dirty_log import (WORD, DirtyLogModel, bitmap_bytes, describe, errno_name,
+                                     expected_values_problem)
+from harness.scenarios.base import ScenarioContext
+from harness.verdict import Verdict
+
+# Slot sizes: 64-page multiples and not (259 and 1000 end mid-word), one 2 MiB THP's worth.
+SLOT_PAGES = (64, 259, 512, 1000)
+# Slot ids: the test slot; the control slot (no dirty bitmap); an id with no slot; the first id
+# past KVM_USER_MEM_SLOTS; address space 1 (SMM, empty); address space 2 (does not exist).
+SLOT_IDS = (1, 0, 7, 32764, (1 << 16) | 1, (2 << 16) | 1)
+# Capability values: disable, enable, enable + INITIALLY_SET, and invalid ones.
+CAP_VALUES = (0, 1, 3, 2, 4, 5, 7)
+
+
+class _Abort(BaseException):
+    """The harness lost the VMM or the guest: stop exploring at once, nothing to shrink.
+    A BaseException so hypothesis does not take it for a property failure."""
+
+    def __init__(self, error: HarnessError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Session:
+    """What one scenario run shares with every example: the VMM and the tallies."""
+
+    vmm: Vmm
+    log: TextIO                      # every request and answer of the run, as they happen
+    ops: int = 0
+    examples: int = 0
+    requests: list[str] = field(default_factory=list)   # the current example's requests, in order
+
+
+class DirtyLogMachine(RuleBasedStateMachine):
+    session: ClassVar[Session]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: Optional[DirtyLogModel] = None
+        self.last_get = 0
+        self.session.requests = []
+        self.session.examples += 1
+        self.session.log.write(f"# example {self.session.examples}\n")
+
+    # --- plumbing -------------------------------------------------------------
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        request = json.dumps({"op": op, **args})
+        self.session.requests.append(request)
+        self.session.ops += 1
+        self.session.log.write(f"> {request}\n")
+        self.session.log.flush()
+        try:
+            answer = self.session.vmm.call(op, **args)
+        except HarnessError as e:
+            self.session.log.write(f"! {e}\n")
+            raise _Abort(e) from None
+        self.session.log.write(f"< {json.dumps(answer)}\n")
+        return answer
+
+    @staticmethod
+    def check_errno(what: str, answer: dict[str, Any], expected: int) -> None:
+        got = answer["errno"] if answer["ret"] < 0 else 0
+        assert got == expected, (f"{what}: the kernel returned {answer['ret']} ({errno_name(got)}), "
+                                 f"the model expects {errno_name(expected)}")
+
+    def pages(self, data: st.DataObject, label: str) -> list[int]:
+        n = self.model.npages if self.model else 1
+        scattered = st.lists(st.integers(0, n - 1), min_size=1, max_size=6, unique=True)
+        run = st.tuples(st.integers(0, n - 1), st.integers(1, 3 * WORD)).map(
+            lambda t: list(range(t[0], min(n, t[0] + t[1]))))
+        return data.draw(st.one_of(scattered, run), label=label)
+
+    # --- the VM ---------------------------------------------------------------
+
+    @initialize(npages=st.sampled_from(SLOT_PAGES), cap=st.sampled_from((None, 1, 3)),
+                logging=st.booleans(), thp=st.sampled_from(("never", "default")))
+    def create(self, npages: int, cap: Optional[int], logging: bool, thp: str) -> None:
+        args: dict[str, Any] = {"pages": npages, "flags": int(logging), "thp": thp}
+        if cap is not None:
+            args["cap"] = cap
+        answer = self.call("create", **args)
+        assert answer["pages"] == npages
+        self.model = DirtyLogModel.created(npages, int(logging), cap)
+
+    def teardown(self) -> None:
+        """The L2 reads back every page the example wrote (and a few it did not), then the VM goes."""
+        if self.model is None:
+            return
+        try:
+            touched = sorted(set(self.model.memory) | {0, self.model.npages - 1})
+            answer = self.call("read", pages=touched)
+            problem = expected_values_problem(touched, self.model.read(touched), answer["values"])
+            assert problem is None, f"at the end of the example, {problem}"
+        finally:
+            self.call("destroy")
+
+    # --- the L2 ---------------------------------------------------------------
+
+    @rule(data=st.data(), value=st.integers(1, 0xFFFFFFFF), index=st.booleans())
+    def write(self, data: st.DataObject, value: int, index: bool) -> None:
+        assert self.model
+        pages = self.pages(data, "pages written")
+        self.call("write", pages=pages, value=value, index=int(index))
+        self.model.write(pages, value, index)
+
+    @rule(data=st.data())
+    def read(self, data: st.DataObject) -> None:
+        assert self.model
+        pages = self.pages(data, "pages read")
+        answer = self.call("read", pages=pages)
+        problem = expected_values_problem(pages, self.model.read(pages), answer["values"])
+        assert problem is None, problem
+
+    @rule(data=st.data())
+    def dontneed(self, data: st.DataObject) -> None:
+        assert self.model
+        first = data.draw(st.integers(0, self.model.npages - 1), label="first page")
+        count = data.draw(st.integers(1, min(64, self.model.npages - first)), label="pages")
+        answer = self.call("madvise", offset=first * 4096, length=count * 4096, advice="dontneed")
+        self.check_errno("MADV_DONTNEED", answer, 0)
+        self.model.dontneed(first, count)
+
+    # --- the dirty log --------------------------------------------------------
+
+    @rule(value=st.sampled_from(CAP_VALUES), flags=st.sampled_from((0, 1)))
+    def enable_cap(self, value: int, flags: int) -> None:
+        assert self.model
+        answer = self.call("cap", value=value, flags=flags)
+        self.check_errno(f"KVM_ENABLE_CAP(MANUAL_DIRTY_LOG_PROTECT2, args[0]={value}, flags={flags})",
+                         answer, self.model.enable_cap(value, flags))
+
+    @rule()
+    def toggle_logging(self) -> None:
+        assert self.model
+        flags = self.model.flags ^ 1
+        answer = self.call("flags", flags=flags)
+        self.check_errno(f"KVM_SET_USER_MEMORY_REGION(flags={flags})", answer, 0)
+        self.model.set_flags(flags)
+
+    @rule(slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
+    def get(self, slot: int) -> None:
+        assert self.model
+        answer = self.call("get", slot=slot)
+        self.check_errno(f"KVM_GET_DIRTY_LOG(slot={slot:#x})", answer, self.model.get_errno(slot))
+        if answer["ret"] < 0:
+            return
+        raw = bytes.fromhex(answer["bitmap"])
+        assert len(raw) == bitmap_bytes(self.model.npages), (
+            f"KVM_GET_DIRTY_LOG: {len(raw)} bytes, expected {bitmap_bytes(self.model.npages)}")
+        bitmap = int.from_bytes(raw, "little")
+        mode = "manual protect" if self.model.manual else "legacy harvest"
+        problems = self.model.get(bitmap)
+        assert not problems, f"KVM_GET_DIRTY_LOG ({mode}) returned {describe(bitmap)}: " + "; ".join(problems)
+        self.last_get = bitmap
+
+    @rule(data=st.data(), slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
+    def clear(self, data: st.DataObject, slot: int) -> None:
+        assert self.model
+        n = self.model.npages
+        aligned = st.integers(0, n // WORD).map(lambda w: w * WORD)
+        first = data.draw(st.one_of(aligned, st.integers(0, n + WORD)), label="first_page")
+        rest = max(n - first, 0)
+        num = data.draw(st.one_of(st.just(rest), aligned, st.integers(0, rest + 2 * WORD)), label="num_pages")
+        width = min((num + WORD - 1) // WORD * WORD, bitmap_bytes(n) * 8 + WORD)
+        bits = data.draw(st.one_of(st.just((1 << width) - 1), st.just(self.last_get >> first),
+                                   st.integers(0, (1 << width) - 1)), label="bitmap") & ((1 << width) - 1)
+        answer = self.call("clear", slot=slot, first=first, num=num,
+                           bitmap=bits.to_bytes(width // 8, "little").hex())
+        expected = self.model.clear_errno(slot, first, num)
+        self.check_errno(f"KVM_CLEAR_DIRTY_LOG(slot={slot:#x}, first_page={first}, num_pages={num})",
+                         answer, expected)
+        if expected == 0:
+            self.model.clear(first, num, bits)
+
+
+@dataclass(frozen=True)
+class Exploration:
+    examples: int
+    ops: int
+    seconds: float
+    failure: Optional[str]           # the property that failed, on the minimal sequence
+    report: str                      # hypothesis's account of the minimal sequence
+    requests: tuple[str, ...]        # the minimal sequence as sent to minivmm
+
+
+def explore(vmm: Vmm, run_seed: int, examples: int, steps: int, log: TextIO) -> Exploration:
+    session = Session(vmm, log)
+    machine = seed(run_seed)(type("DirtyLog", (DirtyLogMachine,), {"session": session}))
+    lines: list[str] = []
+    start = time.monotonic()
+    failure = None
+    try:
+        with with_reporter(lambda text: lines.append(str(text))):
+            run_state_machine_as_test(machine, settings=settings(
+                max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
+                suppress_health_check=list(HealthCheck), print_blob=False,
+                report_multiple_bugs=False))
+    except _Abort as abort:
+        raise abort.error from None
+    except AssertionError as e:
+        failure = str(e)
+        lines += getattr(e, "__notes__", [])   # hypothesis attaches the falsifying steps as notes
+    return Exploration(examples=session.examples, ops=session.ops, seconds=time.monotonic() - start,
+                       failure=failure, report="\n".join(lines), requests=tuple(session.requests))
+
+
+class DirtyLog:
+    name = "dirty-log"
+    description = ("KVM_GET/CLEAR_DIRTY_LOG, manual protect and INITIALLY_SET against the model: seeded random "
+                   "sequences on a real VM, failures shrunk to a minimal sequence")
+
+    def run(self, ctx: ScenarioContext) -> Verdict:
+        reason = kvm_unavailable(ctx.guest)
+        if reason:
+            return Verdict("skip", (reason,))
+        cfg = ctx.config
+        with Vmm(ctx.guest, corrupt=cfg.vmm_corrupt) as vmm, open(ctx.out_dir / "requests.log", "w") as log:
+            result = explore(vmm, ctx.seed, cfg.examples, cfg.steps, log)
+        rate = (f"{result.examples} examples, {result.ops} operations in {result.seconds:.1f} s: "
+                f"{result.ops / result.seconds:.1f} operations/s, {result.examples * 60 / result.seconds:.1f} "
+                f"examples/min (seed {ctx.seed})")
+        (ctx.out_dir / "exploration.json").write_text(json.dumps({
+            "seed": ctx.seed, "examples": result.examples, "operations": result.ops,
+            "seconds": round(result.seconds, 3), "vmm_corrupt": cfg.vmm_corrupt, "failure": result.failure,
+            "minimal_requests": list(result.requests) if result.failure else []}, indent=1) + "\n")
+        if result.failure is None:
+            return Verdict("pass", (), (rate,))
+        sequence = "\n".join(f"    {r}" for r in result.requests)
+        (ctx.out_dir / "minimal-sequence.txt").write_text(result.report + "\n")
+        return Verdict("fail", (f"{result.failure}\n  minimal sequence ({len(result.requests)} requests to "
+                                f"minivmm, seed {ctx.seed}):\n{sequence}\n  as hypothesis shrank it:\n"
+                                + "\n".join(f"    {line}" for line in result.report.splitlines()),), (rate,))
