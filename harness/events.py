@@ -1,4 +1,4 @@
-"""Typed events from the probe's records.
+"""Typed events: the probe's records, and KVM's tracepoints as ftrace prints them.
 
 The record layout is stated once, here, as the field table below; a unit test
 compiles guest/include/nh_probe.h and checks every size, offset and enum value
@@ -8,6 +8,7 @@ abi_version with these before reading a single record.
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -123,3 +124,50 @@ def parse_records(data: bytes) -> list[Record]:
                               failed=bool(raw["flags"] & REC_FAILED), ret=raw["ret"], cpu=raw["cpu"],
                               pid=raw["pid"], subscriber=subscriber))
     return records
+
+
+# --- ftrace: KVM's mmu notifier tracepoints (kernel-semantics.md §4) -------
+
+KVM_EVENTS = ("kvm_unmap_hva_range", "kvm_age_hva", "kvm_test_age_hva", "kvm_set_spte_hva")
+
+_LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s*(?P<msg>.*)$")
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    pid: int
+    comm: str
+    cpu: int
+    time_s: float
+    name: str
+    start: int       # the range start, or the single address
+    end: int         # exclusive range end; 0 for single-address events
+
+    def describe(self) -> str:
+        where = f"[{self.start:#x}, {self.end:#x})" if self.end else f"{self.start:#x}" if self.start else ""
+        return f"{self.time_s:.6f} {self.comm}-{self.pid} cpu{self.cpu} {self.name} {where}".rstrip()
+
+
+def parse_trace(text: str) -> list[TraceEvent]:
+    """The `trace` file's event lines; comments and other lines are skipped."""
+    events = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m:
+            continue
+        name = m["event"]
+        numbers = [int(x, 16) for x in _HEX.findall(m["msg"])] if name in KVM_EVENTS else []
+        start = numbers[0] if numbers else 0
+        end = numbers[1] if len(numbers) > 1 and name in ("kvm_unmap_hva_range", "kvm_age_hva") else 0
+        events.append(TraceEvent(pid=int(m["pid"]), comm=m["comm"].strip(), cpu=int(m["cpu"]),
+                                 time_s=float(m["ts"]), name=name, start=start, end=end))
+    return events
+
+
+def parse_overruns(stats: str) -> int:
+    """Events lost to a full ring buffer, summed over the per-CPU `stats` files."""
+    return sum(int(line.split(":")[1]) for line in stats.splitlines() if line.startswith("overrun:"))

@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define PAGE		4096UL
@@ -682,19 +683,30 @@ static void serve(const char *line)
  * kernel text (int3 + text_poke) twice per VM.  Under multi-threaded TCG a
  * vCPU can then run a stale translation of the patched code and take an int3
  * the kernel no longer expects: an Oops that is the emulator's, not the
- * kernel's.  A keeper VM with one vCPU, held for the process's lifetime, keeps
- * the key's count above zero, so the VMs the harness creates never flip it.
+ * kernel's.  A keeper VM with one vCPU keeps the key's count above zero, so
+ * the VMs the harness creates never flip it.  It lives in a child process:
+ * a VM registers an mmu notifier on its creator's mm, and the VMM's own mm
+ * must carry exactly one KVM notifier for the tracepoints to be counted.
  */
 static void hold_static_keys(void)
 {
-	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC), fd;
+	pid_t parent = getpid();
+	int kvm, fd, devnull;
 
-	if (kvm < 0)
-		return;		/* create reports the error */
-	fd = ioctl(kvm, KVM_CREATE_VM, 0);
-	if (fd >= 0)
-		ioctl(fd, KVM_CREATE_VCPU, 0);	/* both fds stay open until exit */
-	close(kvm);
+	if (fork() != 0)
+		return;
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(0);
+	devnull = open("/dev/null", O_RDWR);	/* the SSH channel ends with the VMM, not with us */
+	dup2(devnull, 0);
+	dup2(devnull, 1);
+	dup2(devnull, 2);
+	kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+	if (kvm >= 0 && (fd = ioctl(kvm, KVM_CREATE_VM, 0)) >= 0)
+		ioctl(fd, KVM_CREATE_VCPU, 0);
+	for (;;)
+		pause();
 }
 
 int main(int argc, char **argv)

@@ -7,13 +7,14 @@ from harness.scenarios.base import Scenario, ScenarioContext
 from harness.scenarios.dirty_log import DirtyLog
 from harness.scenarios.fault import Fault
 from harness.scenarios.ksm import Ksm
+from harness.scenarios.kvm import KvmKsm, KvmOom, KvmThpSplit
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
 from harness.scenarios.oom import MemcgOom, MemcgOomNonblockFail
 from harness.scenarios.smoke import Smoke
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail(), DirtyLog(),
-    Fault())}
+    KvmThpSplit(), KvmKsm(), KvmOom(), Fault())}
 
 # Scenarios that test the harness itself (fault injection): never in the default configs.
 SELF_TESTS = frozenset({"fault"})

@@ -1,0 +1,255 @@
+"""kvm-thp-split, kvm-ksm, kvm-oom: KVM's notifier under the mm changes that reach a running VM.
+
+Each scenario runs a VM in minivmm, starts KVM's tracepoints, attaches the
+probe to the VMM's mm, changes the mm under the VM, and then asks three things:
+do the probe and KVM agree on every callback (harness.model.kvm_notifier),
+did KVM's own state follow (binary stats, teardown), and does the L2 still
+read exactly what it should.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from harness.artifacts.guest_build import GUEST_BIN
+from harness.errors import GuestError
+from harness.events import Callback, Record, TraceEvent, parse_records
+from harness.guest import Guest
+from harness.kvm.ftrace import KvmTrace
+from harness.kvm.vmm import Vmm, kvm_unavailable
+from harness.model.dirty_log import expected_values_problem
+from harness.model.kvm_notifier import cross_check
+from harness.scenarios.base import ScenarioContext
+from harness.scenarios.memcg import Memcg
+from harness.scenarios.probe import load_probe
+from harness.verdict import Verdict
+
+PAGE = 4096
+HUGE_PAGES = 512
+NHCTL = f"{GUEST_BIN}/nhctl"
+
+
+@dataclass
+class Observation:
+    records: list[Record]
+    events: list[TraceEvent]
+    probe_stats: dict[str, Any]
+    overruns: int
+    kprobes: tuple[str, ...]
+
+
+def observe(guest: Guest, pid: int, action: Callable[[], None]) -> Observation:
+    """KVM's tracepoints on, the probe on `pid`'s mm, `action`, the probe off, the tracepoints off.
+    Tracing brackets the probe's attachment, so KVM may have seen more at the ends, never less."""
+    trace = KvmTrace(guest)
+    trace.start()
+    attached = False
+    try:
+        out = guest.check([NHCTL, "attach", str(pid)])
+        if "error" in out:
+            raise GuestError(f"attaching the probe to the VMM (pid {pid}) failed: {out.strip()}")
+        attached = True
+        action()
+    finally:
+        if attached:
+            guest.run([NHCTL, "detach"])
+        stats = json.loads(guest.check([NHCTL, "stats"]).strip().splitlines()[-1])
+        records = parse_records(guest.run([NHCTL, "read"]).stdout_bytes)
+        events = trace.stop()
+    return Observation(records, events, stats, trace.overruns, trace.kprobes)
+
+
+def judge_observation(ctx: ScenarioContext, obs: Observation, slot: tuple[int, int],
+                      need: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Cross-check the two observers; `need`: call kinds that must have hit the slot."""
+    findings: list[str] = []
+    (ctx.out_dir / "probe-events.txt").write_text("".join(r.describe() + f" pid {r.pid}\n" for r in obs.records))
+    (ctx.out_dir / "kvm-trace.txt").write_text("".join(e.describe() + "\n" for e in obs.events))
+    if obs.probe_stats.get("dropped"):
+        raise GuestError(f"the probe's ring dropped {obs.probe_stats['dropped']} records; the cross-check "
+                         f"would compare an incomplete trace")
+    if obs.overruns:
+        raise GuestError(f"ftrace lost {obs.overruns} events to a full buffer; the cross-check would compare "
+                         f"an incomplete trace")
+    check = cross_check(obs.records, obs.events, ctx.features, slot)
+    findings += list(check.findings)
+    for kind in need:
+        if not check.in_slot.get(kind):
+            findings.append(f"no {kind} call reached the slot [{slot[0]:#x}, {slot[1]:#x}) in either observer; "
+                            f"the scenario did not exercise what it tests")
+    notes = [f"probe and KVM agree on {sum(check.matched.values())} calls {dict(sorted(check.matched.items()))}, "
+             f"{dict(sorted(check.in_slot.items()))} on the slot; {check.edge_only} KVM-only at the edges "
+             f"of the probe's attachment; {len(obs.records)} probe records, {len(obs.events)} trace events"]
+    return findings, notes
+
+
+def _read_check(vmm: Vmm, pages: list[int], expected: list[int], when: str) -> list[str]:
+    got = vmm.call("read", pages=pages)["values"]
+    problem = expected_values_problem(pages, expected, got)
+    return [f"{when}: {problem}"] if problem else []
+
+
+def _stats(vmm: Vmm) -> dict[str, int]:
+    return vmm.call("stats")["stats"]
+
+
+def _slot(created: dict[str, Any]) -> tuple[int, int]:
+    return created["hva"], created["hva"] + created["pages"] * PAGE
+
+
+class KvmThpSplit:
+    name = "kvm-thp-split"
+    description = ("a 4 KiB MADV_DONTNEED and a 4 KiB mprotect split THPs under 2M SPTEs: probe and KVM agree, "
+                   "pages_2m falls, the L2 reads zero for the dropped page and its pattern elsewhere")
+
+    def run(self, ctx: ScenarioContext) -> Verdict:
+        reason = kvm_unavailable(ctx.guest)
+        if reason:
+            return Verdict("skip", (reason,))
+        load_probe(ctx.guest, ctx.config.probe_corrupt)
+        npages, base, dropped, protected = 2 * HUGE_PAGES, 0x10000, 5, HUGE_PAGES + 7
+        pages = list(range(npages))
+        findings: list[str] = []
+        with Vmm(ctx.guest) as vmm:
+            created = vmm.call("create", pages=npages, flags=0, thp="huge")
+            vmm.call("write", pages=pages, value=base, index=1)
+            before = _stats(vmm)
+            if before.get("pages_2m", 0) < 2:
+                raise GuestError(f"KVM maps the slot with {before.get('pages_2m', 0)} 2M SPTEs (pages_4k "
+                                 f"{before.get('pages_4k')}); the host gave no THPs to split")
+            after: dict[str, int] = {}
+
+            def split() -> None:
+                answers = [vmm.call("madvise", offset=dropped * PAGE, length=PAGE, advice="dontneed"),
+                           vmm.call("mprotect", offset=protected * PAGE, length=PAGE, prot="r"),
+                           vmm.call("mprotect", offset=protected * PAGE, length=PAGE, prot="rw")]
+                for a in answers:
+                    if a["ret"] < 0:
+                        findings.append(f"{a['op']} failed with errno {a['errno']}")
+                after.update(_stats(vmm))
+
+            obs = observe(ctx.guest, vmm.pid, split)
+            expected = [0 if p == dropped else base + p for p in pages]
+            findings += _read_check(vmm, pages, expected, "after the split")
+        if after.get("pages_2m", 0) >= before["pages_2m"]:
+            findings.append(f"pages_2m did not fall: {before['pages_2m']} before the split, "
+                            f"{after.get('pages_2m')} after")
+        cross, notes = judge_observation(ctx, obs, _slot(created), need=("unmap",))
+        notes.insert(0, f"KVM stats before: pages_2m {before['pages_2m']}, pages_4k {before['pages_4k']}; after the "
+                        f"split: pages_2m {after.get('pages_2m')}, pages_4k {after.get('pages_4k')}")
+        return Verdict.from_findings(findings + cross, notes)
+
+
+KSM = "/sys/kernel/mm/ksm"
+
+
+class KvmKsm:
+    name = "kvm-ksm"
+    description = ("ksmd merges the L2's identical pages under KVM (unmap per page, set_spte on 6.1); the L2 "
+                   "reads them intact, writes one, and every other page still reads right")
+
+    def run(self, ctx: ScenarioContext) -> Verdict:
+        reason = kvm_unavailable(ctx.guest)
+        if reason:
+            return Verdict("skip", (reason,))
+        cfg = ctx.config
+        load_probe(ctx.guest, cfg.probe_corrupt)
+        npages, value, written, new = cfg.ksm_pages, 0x5A5A5A5A, 3, 0x77
+        pages = list(range(npages))
+        findings: list[str] = []
+        merged: dict[str, int] = {}
+        with Vmm(ctx.guest) as vmm:
+            created = vmm.call("create", pages=npages, flags=0, thp="never", mergeable=1)
+            vmm.call("write", pages=pages, value=value)
+
+            def merge_and_write() -> None:
+                merged.update(self._merge(ctx.guest, vmm.pid, cfg.ksm_timeout_s))
+                findings.extend(_read_check(vmm, pages, [value] * npages, "after ksmd merged the pages"))
+                vmm.call("write", pages=[written], value=new)
+                findings.extend(_read_check(vmm, pages, [new if p == written else value for p in pages],
+                                            f"after the L2 wrote page {written}"))
+
+            obs = observe(ctx.guest, vmm.pid, merge_and_write)
+        if not merged.get("merging"):
+            findings.append(f"ksmd merged none of the {npages} identical pages in {cfg.ksm_timeout_s:.0f} s "
+                            f"(full_scans {merged.get('scans_before')} -> {merged.get('scans')})")
+        need = ("unmap", "set_spte") if ctx.features.kvm_set_spte_hva else ("unmap",)
+        cross, notes = judge_observation(ctx, obs, _slot(created), need=need)
+        notes.insert(0, f"ksm_merging_pages {merged.get('merging')} of {npages}, full_scans "
+                        f"{merged.get('scans_before')} -> {merged.get('scans')}")
+        return Verdict.from_findings(findings + cross, notes)
+
+    @staticmethod
+    def _merge(guest: Guest, pid: int, timeout: float) -> dict[str, int]:
+        """Run ksmd fast until two full scans have passed with pages merged, then stop it."""
+        script = (f'K={KSM}; s=$(cat $K/sleep_millisecs); n=$(cat $K/pages_to_scan); '
+                  f'echo 20 > $K/sleep_millisecs; echo 4096 > $K/pages_to_scan; b=$(cat $K/full_scans); '
+                  f'echo 1 > $K/run; end=$(( $(date +%s) + {int(timeout)} )); '
+                  f'while [ $(cat $K/full_scans) -lt $((b + 2)) ] || [ $(cat /proc/{pid}/ksm_merging_pages) -eq 0 ]; '
+                  f'do [ $(date +%s) -ge $end ] && break; sleep 0.05; done; '
+                  f'echo $b $(cat $K/full_scans) $(cat /proc/{pid}/ksm_merging_pages); echo 0 > $K/run; '
+                  f'echo $s > $K/sleep_millisecs; echo $n > $K/pages_to_scan')
+        before, scans, merging = (int(x) for x in guest.check(["sh", "-c", script], timeout=timeout + 30).split())
+        return {"scans_before": before, "scans": scans, "merging": merging}
+
+
+class KvmOom:
+    name = "kvm-oom"
+    description = ("the VMM, in a small memcg, is OOM-killed while its L2 writes: KVM's release is called, the "
+                   "VM is destroyed, probe and KVM agree, the memcg empties")
+
+    def run(self, ctx: ScenarioContext) -> Verdict:
+        reason = kvm_unavailable(ctx.guest)
+        if reason:
+            return Verdict("skip", (reason,))
+        cfg, guest = ctx.config, ctx.guest
+        load_probe(guest, cfg.probe_corrupt)
+        npages = cfg.alloc_mib * 256
+        findings: list[str] = []
+        with Memcg(guest, "nh-kvm-oom", cfg.memcg_max_mib) as memcg:
+            with Vmm(guest, cgroup=memcg.path) as vmm:
+                created = vmm.call("create", pages=npages, flags=0, thp="never")
+                last: list[str] = []
+
+                def fill_until_killed() -> None:
+                    vmm.send("write", pages=list(range(npages)), value=1)
+                    said = vmm.wait_exit(timeout=cfg.reaper_wait_s + 60)
+                    last.append(said or "")
+                    self._wait_teardown(guest, time.monotonic() + 10)
+
+                obs = observe(guest, vmm.pid, fill_until_killed)
+            events, current, procs = memcg.events(), memcg.current(), memcg.procs()
+        if events.get("oom_kill", 0) < 1:
+            findings.append(f"the VMM was not OOM-killed (memory.events {events}); its last answer: {last[0][:200]}")
+        if procs:
+            findings.append(f"tasks {procs} are still in the memcg after the VMM died")
+        if memcg.max_bytes is not None and current >= memcg.max_bytes:
+            findings.append(f"the memcg still charges {current} bytes after the VMM died")
+        releases = [r for r in obs.records if r.callback == Callback.RELEASE]
+        # minivmm's keeper VM (another process, another mm) goes too: only the VMM's own count.
+        kvm_release = [e for e in obs.events if e.name == "kvm_release" and e.pid == vmm.pid]
+        destroyed = [e for e in obs.events if e.name == "kvm_destroy" and e.pid == vmm.pid]
+        if not releases:
+            findings.append("the probe saw no release of the VMM's mm")
+        for name, seen in (("kvm_release", kvm_release), ("kvm_destroy", destroyed)):
+            if name not in obs.kprobes:
+                findings.append(f"the kprobe {name} could not be placed; KVM's teardown was not observed")
+            elif len(seen) != 1:
+                findings.append(f"{name} (kprobe on {'kvm_mmu_notifier_release' if name == 'kvm_release' else 'kvm_destroy_vm'}) "
+                                f"hit {len(seen)} times in the VMM (pid {vmm.pid}); expected once for its one VM")
+        cross, notes = judge_observation(ctx, obs, _slot(created), need=())
+        notes.insert(0, f"memory.events {events}, memory.current after {current}; VMM exit status {vmm.exit_status}; "
+                        f"KVM release by {kvm_release[0].comm + '-' + str(kvm_release[0].pid) if kvm_release else '-'}, "
+                        f"VM destroyed by {destroyed[0].comm + '-' + str(destroyed[0].pid) if destroyed else '-'}")
+        return Verdict.from_findings(findings + cross, notes)
+
+    @staticmethod
+    def _wait_teardown(guest: Guest, deadline: float) -> None:
+        """KVM destroys the VM when the dead VMM's files close, a moment after its mm went."""
+        while time.monotonic() < deadline:
+            if guest.run(["grep", "-q", "kvm_destroy:", "/sys/kernel/tracing/trace"]).ok:
+                return
+            time.sleep(0.2)
