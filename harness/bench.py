@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +66,27 @@ def probe_overhead(guest: Guest, repeats: int) -> tuple[list[int], list[int]]:
     return bare, probed
 
 
+def dirty_log_rates(config: Config, repeats: int, out: Path) -> dict[str, dict[str, list[float]]]:
+    """The config's dirty-log scenario run `repeats` times on each kernel: operations checked per
+    second and examples per minute, from each run's exploration.json (runs that did not pass are
+    left out and reported by count)."""
+    scenarios = [s for s in config.scenarios if s.name == "dirty-log"][:1]
+    rates: dict[str, dict[str, list[float]]] = {}
+    if not scenarios:
+        return rates
+    for i in range(repeats):
+        run_dir = out / f"dirty-log-{i}"
+        for r in Run(config=replace(config, scenarios=tuple(scenarios)), out_dir=run_dir, log=lambda _m: None).execute():
+            figures = rates.setdefault(r.kernel, {"ops_per_s": [], "examples_per_min": [], "not_passed": []})
+            if r.verdict != "pass":
+                figures["not_passed"].append(i)
+                continue
+            e = json.loads((run_dir / r.artifacts / "exploration.json").read_text())
+            figures["ops_per_s"].append(e["operations"] / e["seconds"])
+            figures["examples_per_min"].append(e["examples"] * 60 / e["seconds"])
+    return rates
+
+
 def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     cache = cache_root()
     accel = choose_accel(config.machine.accel, probe_host())
@@ -94,6 +116,7 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
                                    "harness_median_s": boot, "ratio": boot / floor,
                                    "loop_ns_bare": bare, "loop_ns_probed": probed,
                                    "probe_overhead": statistics.median(probed) / statistics.median(bare)}
+    rates = dirty_log_rates(config, repeats, out)
     # One whole run of the config's scenarios: the suite's wall time.
     start = time.monotonic()
     suite = Run(config=config, out_dir=out / "suite", log=lambda _m: None)
@@ -112,6 +135,12 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
             ("same loop, probe attached, us/iter",
              *(f"{statistics.median(figures[r]['loop_ns_probed']) / LOOP / 1e3:.1f}" for r in releases)),
             ("probe overhead (median ratio)", *(f"{figures[r]['probe_overhead']:.2f}" for r in releases))]
+    if rates:
+        def median_of(release: str, key: str) -> str:
+            values = rates.get(release, {}).get(key, [])
+            return f"{statistics.median(values):.0f}" if values else "-"
+        rows += [("dirty-log operations/s, median", *(median_of(r, "ops_per_s") for r in releases)),
+                 ("dirty-log examples/min, median", *(median_of(r, "examples_per_min") for r in releases))]
     log("")
     for row in rows:
         log(f"{row[0]:32}" + "".join(f"{cell:>{width + 2}}" for cell in row[1:]))
@@ -119,6 +148,6 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     log(f"suite ({len(results)} scenario runs incl. boots): {suite_s:.1f} s wall [{verdicts}]")
     log(f"harness process peak RSS: {rss_mib:.0f} MiB")
     (out / "bench.json").write_text(json.dumps({"accel": accel.accel, "repeats": repeats, "kernels": figures,
-                                                "suite_s": suite_s, "peak_rss_mib": rss_mib}, indent=2) + "\n")
+                                                "dirty_log": rates, "suite_s": suite_s, "peak_rss_mib": rss_mib}, indent=2) + "\n")
     log(f"bench: {out / 'bench.json'}")
     return 0

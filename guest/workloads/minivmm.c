@@ -33,8 +33,8 @@
  * for commands with `out` to port MBOX_PORT: each command is one KVM_RUN.
  *
  * --corrupt is the oracle's self-test: skip-clear sends the first
- * KVM_CLEAR_DIRTY_LOG of each VM that asks for something with an empty bitmap
- * (same checks, nothing cleared); flip-bit clears the lowest set bit of the first non-empty
+ * KVM_CLEAR_DIRTY_LOG of each VM that asks for a bit the last GET reported
+ * with an empty bitmap instead (same checks, nothing cleared); flip-bit clears the lowest set bit of the first non-empty
  * KVM_GET_DIRTY_LOG of each VM.  Off by default.
  */
 #define _GNU_SOURCE
@@ -136,6 +136,7 @@ struct vm {
 };
 
 static struct vm vm = { .kvm = -1, .fd = -1, .vcpu = -1, .stats = -1 };
+static uint64_t last_get[MAX_PAGES / 64];	/* the test slot's last GET, for --corrupt skip-clear */
 static enum { CORRUPT_OFF, CORRUPT_SKIP_CLEAR, CORRUPT_FLIP_BIT } corrupt;
 
 /* --- output: one JSON object per line ---------------------------------- */
@@ -339,6 +340,7 @@ static void destroy_vm(void)
 	if (vm.kvm >= 0)
 		close(vm.kvm);
 	memset(&vm, 0, sizeof(vm));
+	memset(last_get, 0, sizeof(last_get));
 	vm.kvm = vm.fd = vm.vcpu = vm.stats = -1;
 }
 
@@ -482,6 +484,8 @@ static void cmd_get(const char *line)
 				break;
 			}
 	}
+	if (r == 0 && log.slot == TEST_SLOT)
+		memcpy(last_get, bitmap, sizeof(last_get));
 	if (r == 0) {
 		emit(", \"bitmap\": ");
 		emit_hex(bitmap, bytes);
@@ -502,6 +506,18 @@ static int unhex(const char *s, uint8_t *buf, size_t max)
 		buf[i] = b;
 	}
 	return n / 2;
+}
+
+/*
+ * --corrupt skip-clear skips a clear that matters: the first one asking for a
+ * bit the last GET reported set (with manual protect, still set).
+ */
+static int asks_for_reported(uint64_t first, uint64_t num, const uint8_t *bitmap)
+{
+	for (uint64_t k = 0; k < num && first + k < vm.pages; k++)
+		if ((bitmap[k / 8] >> (k % 8) & 1) && (last_get[(first + k) / 64] >> ((first + k) % 64) & 1))
+			return 1;
+	return 0;
 }
 
 static void cmd_clear(const char *line)
@@ -526,7 +542,7 @@ static void cmd_clear(const char *line)
 	log.num_pages = num;
 	for (long i = 0; i < n; i++)
 		any |= bitmap[i];
-	if (corrupt == CORRUPT_SKIP_CLEAR && !vm.cleared_once && any && num) {
+	if (corrupt == CORRUPT_SKIP_CLEAR && !vm.cleared_once && any && asks_for_reported(first, num, bitmap)) {
 		/* The same ioctl (same checks, same errno) with nothing asked: the clear is skipped. */
 		memset(bitmap, 0, sizeof(bitmap));
 		r = ioctl(vm.fd, KVM_CLEAR_DIRTY_LOG, &log);
