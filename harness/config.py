@@ -65,7 +65,7 @@ class ScenarioConfig:
     fault: str = "none"
     # dirty-log: random examples (a fresh VM each), steps per example at most, and the VMM's
     # debug corruption (the oracle's self-test: it must make the scenario fail).
-    examples: int = 25
+    examples: int = 200
     steps: int = 20
     vmm_corrupt: str = "off"
 

@@ -181,6 +181,20 @@ class DirtyLogMachine(RuleBasedStateMachine):
         assert not problems, f"KVM_GET_DIRTY_LOG ({mode}) returned {describe(bitmap)}: " + "; ".join(problems)
         self.last_get = bitmap
 
+    @rule()
+    def get_then_clear_all(self) -> None:
+        """The clear-log loop of the kernel's dirty_log_test: GET, then CLEAR the whole slot with
+        the bitmap GET returned."""
+        assert self.model
+        self.get(1)
+        if not self.model.logging:
+            return
+        n = self.model.npages
+        width = bitmap_bytes(n) * 8
+        answer = self.call("clear", slot=1, first=0, num=n, bitmap=self.last_get.to_bytes(width // 8, "little").hex())
+        self.check_errno(f"KVM_CLEAR_DIRTY_LOG(slot=0x1, first_page=0, num_pages={n})", answer, 0)
+        self.model.clear(0, n, self.last_get)
+
     @rule(data=st.data(), slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
     def clear(self, data: st.DataObject, slot: int) -> None:
         assert self.model
