@@ -157,7 +157,8 @@ class DirtyLogModel:
         missing = self.must & ~bitmap
         extra = bitmap & ~self.may
         if missing:
-            problems.append(f"bits the L2's writes must have set are clear: pages {describe(missing)}")
+            problems.append(f"bits that must be set (the L2 wrote the page, or INITIALLY_SET) are clear: "
+                            f"pages {describe(missing)}")
         if extra:
             beyond = extra & ~self.all_pages
             inside = extra & self.all_pages

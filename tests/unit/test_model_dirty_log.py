@@ -65,7 +65,7 @@ def test_get_missing_a_written_page_fails():
     m = model()
     m.write([3, 70], 5)
     problems = m.get(bits(3))
-    assert len(problems) == 1 and "must have set" in problems[0] and "{70}" in problems[0]
+    assert len(problems) == 1 and "must be set" in problems[0] and "{70}" in problems[0]
 
 
 def test_get_extra_bit_fails_unless_the_page_was_read():
