@@ -8,6 +8,7 @@ from typing import Callable, Protocol
 
 from harness.config import ScenarioConfig
 from harness.guest import Guest
+from harness.kvm.vmm import kvm_unavailable
 from harness.model.versions import Features
 from harness.verdict import Verdict
 
@@ -30,3 +31,20 @@ class Scenario(Protocol):
     description: str
 
     def run(self, ctx: ScenarioContext) -> Verdict: ...
+
+
+class NeedsKvm:
+    """A scenario that runs a VM inside the guest: skipped, with the reason, where the guest cannot
+    be a KVM host (no svm/vmx in its CPU, no KVM modules); never failed or passed for that."""
+
+    name = ""
+    description = ""
+
+    def run(self, ctx: ScenarioContext) -> Verdict:
+        reason = kvm_unavailable(ctx.guest)
+        if reason:
+            return Verdict("skip", (reason,))
+        return self.run_with_kvm(ctx)
+
+    def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
+        raise NotImplementedError

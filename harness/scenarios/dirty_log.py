@@ -23,10 +23,10 @@ from hypothesis.reporting import with_reporter
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from harness.errors import HarnessError
-from harness.kvm.vmm import Vmm, kvm_unavailable
+from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import (WORD, DirtyLogModel, bitmap_bytes, describe, errno_name,
                                      expected_values_problem)
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import NeedsKvm, ScenarioContext
 from harness.verdict import Verdict
 
 # Slot sizes: 64-page multiples and not (259 and 1000 end mid-word), one 2 MiB THP's worth.
@@ -246,15 +246,12 @@ def explore(vmm: Vmm, run_seed: int, examples: int, steps: int, log: TextIO) -> 
                        failure=failure, report="\n".join(lines), requests=tuple(session.requests))
 
 
-class DirtyLog:
+class DirtyLog(NeedsKvm):
     name = "dirty-log"
     description = ("KVM_GET/CLEAR_DIRTY_LOG, manual protect and INITIALLY_SET against the model: seeded random "
                    "sequences on a real VM, failures shrunk to a minimal sequence")
 
-    def run(self, ctx: ScenarioContext) -> Verdict:
-        reason = kvm_unavailable(ctx.guest)
-        if reason:
-            return Verdict("skip", (reason,))
+    def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config
         with Vmm(ctx.guest, corrupt=cfg.vmm_corrupt) as vmm, open(ctx.out_dir / "requests.log", "w") as log:
             result = explore(vmm, ctx.seed, cfg.examples, cfg.steps, log)

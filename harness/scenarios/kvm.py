@@ -19,10 +19,10 @@ from harness.errors import GuestError
 from harness.events import Callback, Record, TraceEvent, parse_records
 from harness.guest import Guest
 from harness.kvm.ftrace import KvmTrace
-from harness.kvm.vmm import Vmm, kvm_unavailable
+from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import expected_values_problem
 from harness.model.kvm_notifier import cross_check
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import NeedsKvm, ScenarioContext
 from harness.scenarios.memcg import Memcg
 from harness.scenarios.probe import load_probe
 from harness.verdict import Verdict
@@ -100,15 +100,12 @@ def _slot(created: dict[str, Any]) -> tuple[int, int]:
     return created["hva"], created["hva"] + created["pages"] * PAGE
 
 
-class KvmThpSplit:
+class KvmThpSplit(NeedsKvm):
     name = "kvm-thp-split"
     description = ("a 4 KiB MADV_DONTNEED and a 4 KiB mprotect split THPs under 2M SPTEs: probe and KVM agree, "
                    "pages_2m falls, the L2 reads zero for the dropped page and its pattern elsewhere")
 
-    def run(self, ctx: ScenarioContext) -> Verdict:
-        reason = kvm_unavailable(ctx.guest)
-        if reason:
-            return Verdict("skip", (reason,))
+    def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         load_probe(ctx.guest, ctx.config.probe_corrupt)
         npages, base, dropped, protected = 2 * HUGE_PAGES, 0x10000, 5, HUGE_PAGES + 7
         pages = list(range(npages))
@@ -146,15 +143,12 @@ class KvmThpSplit:
 KSM = "/sys/kernel/mm/ksm"
 
 
-class KvmKsm:
+class KvmKsm(NeedsKvm):
     name = "kvm-ksm"
     description = ("ksmd merges the L2's identical pages under KVM (unmap per page, set_spte on 6.1); the L2 "
                    "reads them intact, writes one, and every other page still reads right")
 
-    def run(self, ctx: ScenarioContext) -> Verdict:
-        reason = kvm_unavailable(ctx.guest)
-        if reason:
-            return Verdict("skip", (reason,))
+    def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config
         load_probe(ctx.guest, cfg.probe_corrupt)
         npages, value, written, new = cfg.ksm_pages, 0x5A5A5A5A, 3, 0x77
@@ -196,15 +190,12 @@ class KvmKsm:
         return {"scans_before": before, "scans": scans, "merging": merging}
 
 
-class KvmOom:
+class KvmOom(NeedsKvm):
     name = "kvm-oom"
     description = ("the VMM, in a small memcg, is OOM-killed while its L2 writes: KVM's release is called, the "
                    "VM is destroyed, probe and KVM agree, the memcg empties")
 
-    def run(self, ctx: ScenarioContext) -> Verdict:
-        reason = kvm_unavailable(ctx.guest)
-        if reason:
-            return Verdict("skip", (reason,))
+    def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest
         load_probe(guest, cfg.probe_corrupt)
         npages = cfg.alloc_mib * 256
