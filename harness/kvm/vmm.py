@@ -93,15 +93,15 @@ class Vmm:
         self.history.append(f"> {request[:300]}")
         self.proc.send_line(request)
 
-    def wait_exit(self, timeout: float) -> Optional[str]:
-        """Read until the VMM's output ends; the last line it printed, if any."""
-        last = None
-        while True:
+    def wait_killed(self, timeout: float) -> None:
+        """After a request the VMM should not live to answer: its output ends, or VmmError."""
+        try:
             line = self.proc.read_line(self.guest.timeout_for(timeout))
-            if line is None:
-                self.exit_status = self.proc.close(timeout=2)
-                return last
-            last = line
+        except CommandTimeout:
+            raise self._fail(f"neither answered nor exited in {timeout:.0f} s") from None
+        if line is not None:
+            raise self._fail(f"survived and answered: {line[:200]}")
+        self.exit_status = self.proc.close(timeout=2)
 
     def close(self) -> None:
         """End the process whatever state it is in; the kernel tears the VM down with it."""

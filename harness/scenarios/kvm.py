@@ -48,9 +48,7 @@ def observe(guest: Guest, pid: int, action: Callable[[], None]) -> Observation:
     trace.start()
     attached = False
     try:
-        out = guest.check([NHCTL, "attach", str(pid)])
-        if "error" in out:
-            raise GuestError(f"attaching the probe to the VMM (pid {pid}) failed: {out.strip()}")
+        guest.check([NHCTL, "attach", str(pid)])
         attached = True
         action()
     finally:
@@ -203,18 +201,16 @@ class KvmOom(NeedsKvm):
         with Memcg(guest, "nh-kvm-oom", cfg.memcg_max_mib) as memcg:
             with Vmm(guest, cgroup=memcg.path) as vmm:
                 created = vmm.call("create", pages=npages, flags=0, thp="never")
-                last: list[str] = []
 
                 def fill_until_killed() -> None:
                     vmm.send("write", pages=list(range(npages)), value=1)
-                    said = vmm.wait_exit(timeout=cfg.reaper_wait_s + 60)
-                    last.append(said or "")
+                    vmm.wait_killed(timeout=cfg.reaper_wait_s + 60)
                     self._wait_teardown(guest, time.monotonic() + 10)
 
                 obs = observe(guest, vmm.pid, fill_until_killed)
             events, current, procs = memcg.events(), memcg.current(), memcg.procs()
         if events.get("oom_kill", 0) < 1:
-            findings.append(f"the VMM was not OOM-killed (memory.events {events}); its last answer: {last[0][:200]}")
+            findings.append(f"the VMM died, but not by the OOM killer: memory.events {events}")
         if procs:
             findings.append(f"tasks {procs} are still in the memcg after the VMM died")
         if memcg.max_bytes is not None and current >= memcg.max_bytes:

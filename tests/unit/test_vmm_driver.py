@@ -96,3 +96,14 @@ def test_the_cgroup_is_joined_before_exec():
     Vmm(guest, cgroup="/sys/fs/cgroup/x", corrupt="skip-clear")  # type: ignore[arg-type]
     script = guest.commands[0][2]
     assert script.startswith("echo $$ > /sys/fs/cgroup/x/cgroup.procs && exec ") and "--corrupt skip-clear" in script
+
+
+def test_a_vmm_meant_to_be_killed_that_answers_is_an_error():
+    v, _ = vmm('{"op": "write", "ret": 0, "errno": 0}')
+    v.send("write", pages=[0], value=1)
+    with pytest.raises(VmmError, match="survived and answered"):
+        v.wait_killed(5)
+    v, _ = vmm(None)
+    v.send("write", pages=[0], value=1)
+    v.wait_killed(5)
+    assert v.exit_status == 0
