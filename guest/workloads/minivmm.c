@@ -3,6 +3,7 @@
  * minivmm: a tiny KVM VMM the harness drives over one SSH channel.
  *
  *   minivmm [--corrupt skip-clear|flip-bit]
+ *   minivmm --keeper                        hold a VM until killed (see keeper())
  *
  * One JSON object per line on stdin, one JSON object per line on stdout:
  *
@@ -49,7 +50,6 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #define PAGE		4096UL
@@ -694,33 +694,26 @@ static void serve(const char *line)
 }
 
 /*
- * A vCPU without an in-kernel APIC raises KVM's kvm_has_noapic_vcpu static key
- * while it exists, so creating and destroying a VM per request would patch
- * kernel text (int3 + text_poke) twice per VM.  Under multi-threaded TCG a
- * vCPU can then run a stale translation of the patched code and take an int3
- * the kernel no longer expects: an Oops that is the emulator's, not the
- * kernel's.  A keeper VM with one vCPU keeps the key's count above zero, so
- * the VMs the harness creates never flip it.  It lives in a child process:
- * a VM registers an mmu notifier on its creator's mm, and the VMM's own mm
- * must carry exactly one KVM notifier for the tracepoints to be counted.
+ * minivmm --keeper: hold one VM with one vCPU until killed.  Every VM raises
+ * the scheduler's preempt_notifier_key (and a vCPU without an in-kernel APIC
+ * kvm_has_noapic_vcpu) while it exists; the first VM and the last one patch
+ * kernel text (int3 + text_poke).  Under multi-threaded TCG a vCPU can then
+ * run a stale translation of the patched code and take an int3 the kernel no
+ * longer expects: an Oops in __schedule that is the emulator's, not the
+ * kernel's.  The harness starts one keeper per boot, so the VMs it creates
+ * never move these keys.  The keeper is its own process: its VM's notifier
+ * sits on the keeper's mm, not on the VMM's.
  */
-static void hold_static_keys(void)
+static int keeper(void)
 {
-	pid_t parent = getpid();
-	int kvm, fd, devnull;
+	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC), fd = -1;
 
-	if (fork() != 0)
-		return;
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
-		_exit(0);
-	devnull = open("/dev/null", O_RDWR);	/* the SSH channel ends with the VMM, not with us */
-	dup2(devnull, 0);
-	dup2(devnull, 1);
-	dup2(devnull, 2);
-	kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-	if (kvm >= 0 && (fd = ioctl(kvm, KVM_CREATE_VM, 0)) >= 0)
-		ioctl(fd, KVM_CREATE_VCPU, 0);
+	if (kvm >= 0)
+		fd = ioctl(kvm, KVM_CREATE_VM, 0);
+	if (fd < 0 || ioctl(fd, KVM_CREATE_VCPU, 0) < 0) {
+		perror("minivmm --keeper");
+		return 1;
+	}
 	for (;;)
 		pause();
 }
@@ -730,18 +723,19 @@ int main(int argc, char **argv)
 	static char line[1 << 20];
 	struct sigaction sa = { .sa_handler = on_alarm };	/* no SA_RESTART: KVM_RUN returns EINTR */
 
+	if (argc == 2 && !strcmp(argv[1], "--keeper"))
+		return keeper();
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--corrupt") && i + 1 < argc && !strcmp(argv[i + 1], "skip-clear"))
 			corrupt = CORRUPT_SKIP_CLEAR, i++;
 		else if (!strcmp(argv[i], "--corrupt") && i + 1 < argc && !strcmp(argv[i + 1], "flip-bit"))
 			corrupt = CORRUPT_FLIP_BIT, i++;
 		else {
-			printf("{\"op\": \"\", \"error\": \"usage: minivmm [--corrupt skip-clear|flip-bit]\"}\n");
+			printf("{\"op\": \"\", \"error\": \"usage: minivmm [--corrupt skip-clear|flip-bit] | --keeper\"}\n");
 			return 2;
 		}
 	}
 	sigaction(SIGALRM, &sa, NULL);
-	hold_static_keys();
 	printf("{\"op\": \"hello\", \"pid\": %d}\n", getpid());
 	fflush(stdout);
 	while (fgets(line, sizeof(line), stdin)) {

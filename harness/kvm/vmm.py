@@ -36,7 +36,22 @@ def kvm_unavailable(guest: Guest) -> Optional[str]:
         return f"modprobe {vendor} failed: {(loaded.stderr or loaded.stdout).strip()}"
     if not guest.run(["test", "-c", "/dev/kvm"]).ok:
         return f"/dev/kvm did not appear after loading {vendor}"
+    start_keeper(guest)
     return None
+
+
+KEEPER_PID = "/run/nh-kvm-keeper.pid"
+
+
+def start_keeper(guest: Guest) -> None:
+    """One `minivmm --keeper` per boot: a VM that outlives every VM a scenario makes, so creating
+    and destroying those never patches kernel text (see keeper() in minivmm.c)."""
+    script = (f'if [ -s {KEEPER_PID} ] && kill -0 "$(cat {KEEPER_PID})" 2>/dev/null; then exit 0; fi; '
+              f'setsid {VMM} --keeper </dev/null >/dev/null 2>/tmp/nh-kvm-keeper.err & echo $! > {KEEPER_PID}; '
+              f'sleep 0.2; kill -0 $! 2>/dev/null || {{ cat /tmp/nh-kvm-keeper.err; exit 1; }}')
+    result = guest.run(["sh", "-c", script])
+    if not result.ok:
+        raise GuestError(f"the KVM keeper VM could not be started: {(result.stdout or result.stderr).strip()}")
 
 
 class Vmm:
