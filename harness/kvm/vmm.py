@@ -25,8 +25,9 @@ class VmmError(GuestError):
     """minivmm crashed, hung, printed garbage or could not set the VM up."""
 
 
-def kvm_unavailable(guest: Guest) -> Optional[str]:
-    """Load KVM for the guest's CPU; the reason the guest cannot be a KVM host, or None."""
+def prepare_kvm(guest: Guest) -> Optional[str]:
+    """Load KVM for the guest's CPU and start the boot's keeper VM; the reason the guest cannot be a
+    KVM host, or None."""
     flags = guest.cpu_flags()
     vendor = next((m for flag, m in KVM_MODULES.items() if flag in flags), None)
     if vendor is None:

@@ -8,7 +8,7 @@ from typing import Callable, Protocol
 
 from harness.config import ScenarioConfig
 from harness.guest import Guest
-from harness.kvm.vmm import kvm_unavailable
+from harness.kvm.vmm import prepare_kvm
 from harness.model.versions import Features
 from harness.verdict import Verdict
 
@@ -41,7 +41,7 @@ class NeedsKvm:
     description = ""
 
     def run(self, ctx: ScenarioContext) -> Verdict:
-        reason = kvm_unavailable(ctx.guest)
+        reason = prepare_kvm(ctx.guest)
         if reason:
             return Verdict("skip", (reason,))
         return self.run_with_kvm(ctx)

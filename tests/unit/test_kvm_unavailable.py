@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import ScenarioConfig
-from harness.kvm.vmm import kvm_unavailable
+from harness.kvm.vmm import prepare_kvm
 from harness.model.versions import features_for
 from harness.scenarios import SCENARIOS
 from harness.scenarios.base import ScenarioContext
@@ -36,11 +36,11 @@ class FakeGuest:
 
 
 def test_reasons():
-    assert "neither svm nor vmx under tcg" in kvm_unavailable(FakeGuest())
-    assert "modprobe kvm_amd failed: FATAL" in kvm_unavailable(FakeGuest("svm", modprobe_ok=False))
-    assert "/dev/kvm did not appear after loading kvm_intel" in kvm_unavailable(FakeGuest("vmx", dev_kvm=False))
+    assert "neither svm nor vmx under tcg" in prepare_kvm(FakeGuest())
+    assert "modprobe kvm_amd failed: FATAL" in prepare_kvm(FakeGuest("svm", modprobe_ok=False))
+    assert "/dev/kvm did not appear after loading kvm_intel" in prepare_kvm(FakeGuest("vmx", dev_kvm=False))
     guest = FakeGuest("svm npt")
-    assert kvm_unavailable(guest) is None and guest.ran[0] == "modprobe kvm_amd"
+    assert prepare_kvm(guest) is None and guest.ran[0] == "modprobe kvm_amd"
 
 
 @pytest.mark.parametrize("name", ["dirty-log", "kvm-thp-split", "kvm-ksm", "kvm-oom"])
