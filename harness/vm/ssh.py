@@ -8,6 +8,7 @@ import select
 import shlex
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
@@ -49,6 +50,29 @@ def _host_key(public_line: str) -> paramiko.PKey:
 def quote_argv(argv: Union[str, Sequence[str]]) -> str:
     """A guest command line: a list is quoted word by word; a str is a fixed script."""
     return argv if isinstance(argv, str) else " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def _exec(chan: paramiko.Channel, command: str, timeout: float) -> None:
+    """Channel.exec_command, bounded: paramiko waits for the server's answer to the exec request
+    without a limit, so a wedged guest whose sshd accepted the channel would hold the harness
+    forever.  Closing the channel from a timer ends that wait."""
+    fired = threading.Event()
+
+    def expire() -> None:
+        fired.set()
+        chan.close()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        chan.exec_command(command)
+    except paramiko.SSHException:
+        if fired.is_set():
+            raise CommandTimeout(f"the guest did not start the command in {timeout:.0f} s: {command}") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 class SshSession:
@@ -106,7 +130,7 @@ class SshSession:
         try:
             chan = transport.open_session(timeout=10)
             chan.settimeout(timeout)
-            chan.exec_command(command)
+            _exec(chan, command, timeout)
             if stdin is not None:
                 chan.sendall(stdin)
             chan.shutdown_write()
@@ -151,7 +175,7 @@ class SshSession:
             raise MachineLost("ssh-lost", f"SSH connection lost before running: {command}")
         try:
             chan = transport.open_session(timeout=10)
-            chan.exec_command(command)
+            _exec(chan, command, 30)
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise GuestError(f"starting {command} failed: {type(e).__name__}: {e}") from None
         return RemoteProcess(chan, command, transport, watch)
