@@ -116,68 +116,33 @@ class SshSession:
             stdin: Optional[bytes] = None, watch: Optional[Callable[[], None]] = None) -> CommandResult:
         """`watch` is called while the command runs (every 0.2 s at most) and raises MachineLost when
         the machine under the connection is gone, so a panic ends the wait at once, named as such."""
-        command = quote_argv(argv)
         start = time.monotonic()
+        proc = self.start(argv, watch=watch, timeout=timeout)
+        try:
+            if stdin is not None:
+                proc.write(stdin)
+            status = proc.finish(start + timeout)
+        except socket.timeout:
+            raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {proc.command}") from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            raise proc.lost(f"failed ({type(e).__name__}: {e}) while running") from None
+        return CommandResult(argv=proc.command, exit_status=status, stdout_bytes=bytes(proc.out),
+                             stderr=proc.stderr.decode(errors="replace"), duration_s=time.monotonic() - start)
+
+    def start(self, argv: Union[str, Sequence[str]], watch: Optional[Callable[[], None]] = None,
+              timeout: float = 30.0) -> "RemoteProcess":
+        """Start a command on a channel of its own; `timeout` bounds starting it and each send."""
+        command = quote_argv(argv)
         transport = self._client.get_transport()
-
-        def lost(how: str) -> MachineLost:
-            if watch is not None:
-                watch()          # the machine's own account comes first (QEMU died, panic)
-            return MachineLost("ssh-lost", f"SSH connection {how}: {command}")
-
         if transport is None or not transport.is_active():
-            raise lost("lost before running")
+            raise RemoteProcess.lost_connection(watch, "lost before running", command)
         try:
             chan = transport.open_session(timeout=10)
             chan.settimeout(timeout)
             _exec(chan, command, timeout)
-            if stdin is not None:
-                chan.sendall(stdin)
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            deadline = start + timeout
-            while True:
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                elif chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                elif time.monotonic() > deadline:
-                    chan.close()
-                    raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {command}")
-                elif not transport.is_active():
-                    raise lost("dropped while running")
-                else:
-                    if watch is not None:
-                        watch()
-                    select.select([chan], [], [], 0.2)
-            status = chan.recv_exit_status()
-            chan.close()
-            if status == -1 and not transport.is_active():
-                raise lost("dropped while running")   # a closed channel reports -1, not an exit
-        except socket.timeout:
-            raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {command}") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
-            raise lost(f"failed ({type(e).__name__}: {e}) while running") from None
-        return CommandResult(argv=command, exit_status=status,
-                             stdout_bytes=bytes(out), stderr=err.decode(errors="replace"),
-                             duration_s=time.monotonic() - start)
-
-    def start(self, argv: Union[str, Sequence[str]], watch: Optional[Callable[[], None]] = None
-              ) -> "RemoteProcess":
-        """A command whose stdin and stdout stay open: a request/answer session over one channel."""
-        command = quote_argv(argv)
-        transport = self._client.get_transport()
-        if transport is None or not transport.is_active():
-            if watch is not None:
-                watch()
-            raise MachineLost("ssh-lost", f"SSH connection lost before running: {command}")
-        try:
-            chan = transport.open_session(timeout=10)
-            _exec(chan, command, 30)
-        except (paramiko.SSHException, OSError, EOFError) as e:
-            raise GuestError(f"starting {command} failed: {type(e).__name__}: {e}") from None
+            raise RemoteProcess.lost_connection(watch, f"failed ({type(e).__name__}: {e}) while running",
+                                                command) from None
         return RemoteProcess(chan, command, transport, watch)
 
     def interactive(self) -> int:
@@ -233,10 +198,9 @@ class SshSession:
 
 
 class RemoteProcess:
-    """One guest process driven line by line over its own SSH channel (stdin -> stdout).
-
-    Reads poll `watch` like SshSession.run, so a panic or a dead QEMU ends a wait
-    at once; stderr is collected on the side for error messages."""
+    """One guest command on its own SSH channel: run() collects it to the end, and a request/answer
+    session (minivmm) reads it line by line.  Waits poll `watch`, so a panic or a dead QEMU ends
+    them at once, named as such; stderr is collected on the side."""
 
     def __init__(self, chan: paramiko.Channel, command: str, transport: paramiko.Transport,
                  watch: Optional[Callable[[], None]]):
@@ -244,65 +208,83 @@ class RemoteProcess:
         self._chan = chan
         self._transport = transport
         self._watch = watch
-        self._buf = bytearray()
+        self.out = bytearray()
         self.stderr = bytearray()
         self.eof = False
 
-    def _lost(self) -> MachineLost:
-        if self._watch is not None:
-            self._watch()
-        return MachineLost("ssh-lost", f"SSH connection dropped while running: {self.command}")
+    @staticmethod
+    def lost_connection(watch: Optional[Callable[[], None]], how: str, command: str) -> MachineLost:
+        if watch is not None:
+            watch()          # the machine's own account comes first (QEMU died, panic)
+        return MachineLost("ssh-lost", f"SSH connection {how}: {command}")
+
+    def lost(self, how: str = "dropped while running") -> MachineLost:
+        return self.lost_connection(self._watch, how, self.command)
+
+    def _pump(self, deadline: float, timed_out: str) -> None:
+        """Move what has arrived into `out`/`stderr`, or wait up to 0.2 s for more; CommandTimeout
+        (`timed_out`) past the deadline, MachineLost when the connection goes."""
+        chan = self._chan
+        if chan.recv_ready():
+            data = chan.recv(65536)
+            self.eof = self.eof or not data
+            self.out += data
+        elif chan.recv_stderr_ready():
+            self.stderr += chan.recv_stderr(65536)
+        elif not self.eof and chan.eof_received:
+            self.eof = True
+        elif time.monotonic() > deadline:
+            chan.close()
+            raise CommandTimeout(timed_out)
+        elif not self._transport.is_active():
+            raise self.lost()
+        else:
+            if self._watch is not None:
+                self._watch()
+            select.select([chan], [], [], 0.2)
+
+    def write(self, data: bytes) -> None:
+        self._chan.sendall(data)
 
     def send_line(self, line: str) -> None:
         try:
-            self._chan.sendall(line.encode() + b"\n")
+            self.write(line.encode() + b"\n")
         except (OSError, paramiko.SSHException, EOFError):
             if not self._transport.is_active():
-                raise self._lost() from None
+                raise self.lost() from None
             self.eof = True     # the process is gone; the next read says so
 
     def read_line(self, timeout: float) -> Optional[str]:
         """The next line without its newline; None at end of output; CommandTimeout if none comes."""
         deadline = time.monotonic() + timeout
         while True:
-            newline = self._buf.find(b"\n")
+            newline = self.out.find(b"\n")
             if newline >= 0:
-                line = bytes(self._buf[:newline])
-                del self._buf[:newline + 1]
+                line = bytes(self.out[:newline])
+                del self.out[:newline + 1]
                 return line.decode(errors="replace")
             if self.eof:
                 return None
-            if self._chan.recv_stderr_ready():
-                self.stderr += self._chan.recv_stderr(65536)
-            elif self._chan.recv_ready():
-                data = self._chan.recv(65536)
-                if not data:
-                    self.eof = True
-                self._buf += data
-            elif self._chan.eof_received:
-                self.eof = True
-            elif time.monotonic() > deadline:
-                raise CommandTimeout(f"no answer in {timeout:.0f} s from {self.command}")
-            elif not self._transport.is_active():
-                raise self._lost()
-            else:
-                if self._watch is not None:
-                    self._watch()
-                select.select([self._chan], [], [], 0.2)
+            self._pump(deadline, f"no answer in {timeout:.0f} s from {self.command}")
+
+    def finish(self, deadline: float) -> int:
+        """Close stdin, collect the output to the end, and return the exit status."""
+        chan = self._chan
+        chan.shutdown_write()
+        timeout = deadline - time.monotonic()
+        while not (chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready()):
+            self._pump(deadline, f"guest command timed out after {max(timeout, 0):.0f} s: {self.command}")
+        status = chan.recv_exit_status()
+        chan.close()
+        if status == -1 and not self._transport.is_active():
+            raise self.lost()   # a closed channel reports -1, not an exit
+        return status
 
     def close(self, timeout: float = 10.0) -> Optional[int]:
-        """Close stdin and wait for the exit status (None if it does not come in `timeout`)."""
+        """Close stdin and wait for the exit status; None if it does not come in `timeout` or the
+        connection is gone (whoever ends a session must not be stopped by its end)."""
         try:
-            self._chan.shutdown_write()
-        except (OSError, paramiko.SSHException, EOFError):
-            pass
-        deadline = time.monotonic() + timeout
-        while not self._chan.exit_status_ready() and time.monotonic() < deadline and self._transport.is_active():
-            if self._chan.recv_ready():
-                self._buf += self._chan.recv(65536)
-            if self._chan.recv_stderr_ready():
-                self.stderr += self._chan.recv_stderr(65536)
-            select.select([self._chan], [], [], 0.1)
-        status = self._chan.recv_exit_status() if self._chan.exit_status_ready() else None
-        self._chan.close()
-        return status
+            return self.finish(time.monotonic() + timeout)
+        except (CommandTimeout, MachineLost, paramiko.SSHException, OSError, EOFError):
+            self._chan.close()
+            return None
