@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from harness.artifacts.guest_build import GUEST_BIN
 from harness.errors import CommandTimeout, GuestError, HarnessError
@@ -59,10 +59,12 @@ class Vmm:
     """One minivmm process.  `cgroup`: it joins that cgroup before exec (the OOM scenario)."""
 
     def __init__(self, guest: Guest, corrupt: str = "off", cgroup: Optional[str] = None,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, transcript: Optional[TextIO] = None):
         self.guest = guest
         self.timeout = timeout
         self.history: deque[str] = deque(maxlen=6)    # the last lines exchanged, for error messages
+        self.transcript = transcript                   # every line exchanged, as it happens
+        self.last_request = ""
         argv = [VMM] + (["--corrupt", corrupt] if corrupt != "off" else [])
         command = " ".join(shlex.quote(a) for a in argv)
         if cgroup:
@@ -72,11 +74,20 @@ class Vmm:
         self.pid: int = hello["pid"]
         self.exit_status: Optional[int] = None
 
+    def _said(self, line: str) -> None:
+        self.history.append(line[:300])
+        if self.transcript is not None:
+            self.transcript.write(line + "\n")
+            self.transcript.flush()     # a harness killed mid-run still leaves what was said
+
     def _fail(self, what: str) -> VmmError:
         said = "; ".join(self.history)
         err = self.proc.stderr.decode(errors="replace").strip()[-300:]
-        return VmmError(f"minivmm {what}{'; last exchanged: ' + said if said else ''}"
-                        f"{'; stderr: ' + err if err else ''}")
+        error = VmmError(f"minivmm {what}{'; last exchanged: ' + said if said else ''}"
+                         f"{'; stderr: ' + err if err else ''}")
+        if self.transcript is not None:
+            self.transcript.write(f"! {error}\n")
+        return error
 
     def _answer(self, op: str, timeout: Optional[float] = None) -> dict[str, Any]:
         try:
@@ -86,7 +97,7 @@ class Vmm:
         if line is None:
             self.exit_status = self.proc.close(timeout=2)
             raise self._fail(f"exited (status {self.exit_status}) instead of answering {op!r}")
-        self.history.append(f"< {line[:300]}")
+        self._said(f"< {line}")
         try:
             answer = json.loads(line)
         except json.JSONDecodeError:
@@ -98,16 +109,14 @@ class Vmm:
         return answer
 
     def call(self, op: str, timeout: Optional[float] = None, **args: Any) -> dict[str, Any]:
-        request = json.dumps({"op": op, **args})
-        self.history.append(f"> {request[:300]}")
-        self.proc.send_line(request)
+        self.send(op, **args)
         return self._answer(op, timeout)
 
     def send(self, op: str, **args: Any) -> None:
-        """A request whose answer may never come (the OOM killer ends the VMM mid-request)."""
-        request = json.dumps({"op": op, **args})
-        self.history.append(f"> {request[:300]}")
-        self.proc.send_line(request)
+        """A request on its own: its answer may never come (the OOM killer ends the VMM mid-request)."""
+        self.last_request = json.dumps({"op": op, **args})
+        self._said(f"> {self.last_request}")
+        self.proc.send_line(self.last_request)
 
     def wait_killed(self, timeout: float) -> None:
         """After a request the VMM should not live to answer: its output ends, or VmmError."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, TextIO
+from typing import Any, ClassVar, Optional
 
 from hypothesis import HealthCheck, seed, settings
 from hypothesis import strategies as st
@@ -49,10 +49,9 @@ class _Abort(BaseException):
 
 @dataclass
 class Session:
-    """What one scenario run shares with every example: the VMM and the tallies."""
+    """What one scenario run shares with every example: the VMM (with its transcript) and the tallies."""
 
     vmm: Vmm
-    log: TextIO                      # every request and answer of the run, as they happen
     ops: int = 0
     examples: int = 0
     requests: list[str] = field(default_factory=list)   # the current example's requests, in order
@@ -67,23 +66,19 @@ class DirtyLogMachine(RuleBasedStateMachine):
         self.last_get = 0
         self.session.requests = []
         self.session.examples += 1
-        self.session.log.write(f"# example {self.session.examples}\n")
+        if self.session.vmm.transcript is not None:
+            self.session.vmm.transcript.write(f"# example {self.session.examples}\n")
 
     # --- plumbing -------------------------------------------------------------
 
     def call(self, op: str, **args: Any) -> dict[str, Any]:
-        request = json.dumps({"op": op, **args})
-        self.session.requests.append(request)
         self.session.ops += 1
-        self.session.log.write(f"> {request}\n")
-        self.session.log.flush()
         try:
-            answer = self.session.vmm.call(op, **args)
+            return self.session.vmm.call(op, **args)
         except HarnessError as e:
-            self.session.log.write(f"! {e}\n")
             raise _Abort(e) from None
-        self.session.log.write(f"< {json.dumps(answer)}\n")
-        return answer
+        finally:
+            self.session.requests.append(self.session.vmm.last_request)
 
     @staticmethod
     def check_errno(what: str, answer: dict[str, Any], expected: int) -> None:
@@ -187,13 +182,9 @@ class DirtyLogMachine(RuleBasedStateMachine):
         the bitmap GET returned."""
         assert self.model
         self.get(1)
-        if not self.model.logging:
-            return
-        n = self.model.npages
-        width = bitmap_bytes(n) * 8
-        answer = self.call("clear", slot=1, first=0, num=n, bitmap=self.last_get.to_bytes(width // 8, "little").hex())
-        self.check_errno(f"KVM_CLEAR_DIRTY_LOG(slot=0x1, first_page=0, num_pages={n})", answer, 0)
-        self.model.clear(0, n, self.last_get)
+        if self.model.logging:
+            n = self.model.npages
+            self._clear(1, 0, n, self.last_get, bitmap_bytes(n) * 8)
 
     @rule(data=st.data(), slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
     def clear(self, data: st.DataObject, slot: int) -> None:
@@ -205,7 +196,13 @@ class DirtyLogMachine(RuleBasedStateMachine):
         num = data.draw(st.one_of(st.just(rest), aligned, st.integers(0, rest + 2 * WORD)), label="num_pages")
         width = min((num + WORD - 1) // WORD * WORD, bitmap_bytes(n) * 8 + WORD)
         bits = data.draw(st.one_of(st.just((1 << width) - 1), st.just(self.last_get >> first),
-                                   st.integers(0, (1 << width) - 1)), label="bitmap") & ((1 << width) - 1)
+                                   st.integers(0, (1 << width) - 1)), label="bitmap")
+        self._clear(slot, first, num, bits, width)
+
+    def _clear(self, slot: int, first: int, num: int, bits: int, width: int) -> None:
+        """KVM_CLEAR_DIRTY_LOG with `bits` sent as `width` bits; the errno, then the model's clear."""
+        assert self.model
+        bits &= (1 << width) - 1
         answer = self.call("clear", slot=slot, first=first, num=num,
                            bitmap=bits.to_bytes(width // 8, "little").hex())
         expected = self.model.clear_errno(slot, first, num)
@@ -225,8 +222,8 @@ class Exploration:
     requests: tuple[str, ...]        # the minimal sequence as sent to minivmm
 
 
-def explore(vmm: Vmm, run_seed: int, examples: int, steps: int, log: TextIO) -> Exploration:
-    session = Session(vmm, log)
+def explore(vmm: Vmm, run_seed: int, examples: int, steps: int) -> Exploration:
+    session = Session(vmm)
     machine = seed(run_seed)(type("DirtyLog", (DirtyLogMachine,), {"session": session}))
     lines: list[str] = []
     start = time.monotonic()
@@ -253,8 +250,9 @@ class DirtyLog(NeedsKvm):
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config
-        with Vmm(ctx.guest, corrupt=cfg.vmm_corrupt) as vmm, open(ctx.out_dir / "requests.log", "w") as log:
-            result = explore(vmm, ctx.seed, cfg.examples, cfg.steps, log)
+        with open(ctx.out_dir / "requests.log", "w") as log, \
+                Vmm(ctx.guest, corrupt=cfg.vmm_corrupt, transcript=log) as vmm:
+            result = explore(vmm, ctx.seed, cfg.examples, cfg.steps)
         rate = (f"{result.examples} examples, {result.ops} operations in {result.seconds:.1f} s: "
                 f"{result.ops / result.seconds:.1f} operations/s, {result.examples * 60 / result.seconds:.1f} "
                 f"examples/min (seed {ctx.seed})")
