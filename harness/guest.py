@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Sequence, Union
 
 from harness.errors import CommandTimeout, GuestError
+from harness.vm.accel import read_cpu_flags
 from harness.vm.ssh import CommandResult, SshSession
 
 
@@ -54,11 +55,7 @@ class Guest:
         return self.check(["cat", path])
 
     def cpu_flags(self) -> frozenset[str]:
-        for line in self.read_text("/proc/cpuinfo").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "flags":
-                return frozenset(value.split())
-        return frozenset()
+        return read_cpu_flags(self.read_text("/proc/cpuinfo"))
 
     def modprobe(self, module: str) -> CommandResult:
         return self.run(["modprobe", module])

@@ -25,18 +25,28 @@ class VmmError(GuestError):
     """minivmm crashed, hung, printed garbage or could not set the VM up."""
 
 
-def prepare_kvm(guest: Guest) -> Optional[str]:
-    """Load KVM for the guest's CPU and start the boot's keeper VM; the reason the guest cannot be a
-    KVM host, or None."""
+def load_kvm(guest: Guest) -> tuple[Optional[str], Optional[str]]:
+    """Load the KVM module for the guest's CPU: (module, problem).  The module is None when the CPU
+    shows neither svm nor vmx; the problem is None when /dev/kvm is there afterwards."""
     flags = guest.cpu_flags()
-    vendor = next((m for flag, m in KVM_MODULES.items() if flag in flags), None)
-    if vendor is None:
-        return f"the guest CPU shows neither svm nor vmx under {guest.accel}: no KVM inside the guest"
-    loaded = guest.modprobe(vendor)
+    module = next((m for flag, m in KVM_MODULES.items() if flag in flags), None)
+    if module is None:
+        return None, None
+    loaded = guest.modprobe(module)
     if not loaded.ok:
-        return f"modprobe {vendor} failed: {(loaded.stderr or loaded.stdout).strip()}"
+        return module, f"modprobe {module} failed: {(loaded.stderr or loaded.stdout).strip()}"
     if not guest.run(["test", "-c", "/dev/kvm"]).ok:
-        return f"/dev/kvm did not appear after loading {vendor}"
+        return module, f"/dev/kvm did not appear after loading {module}"
+    return module, None
+
+
+def prepare_kvm(guest: Guest) -> Optional[str]:
+    """Load KVM and start the boot's keeper VM; the reason the guest cannot be a KVM host, or None."""
+    module, problem = load_kvm(guest)
+    if module is None:
+        return f"the guest CPU shows neither svm nor vmx under {guest.accel}: no KVM inside the guest"
+    if problem:
+        return problem
     start_keeper(guest)
     return None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness.console_reports import classify
+from harness.kvm.vmm import load_kvm
 from harness.scenarios.base import ScenarioContext
 from harness.verdict import Verdict
 
@@ -21,21 +22,14 @@ class Smoke:
         if release != guest.release:
             findings.append(f"uname -r says {release!r}, expected {guest.release!r}")
 
-        flags = guest.cpu_flags()
-        vendor = "kvm_amd" if "svm" in flags else "kvm_intel" if "vmx" in flags else ""
-        if not vendor:
+        module, problem = load_kvm(guest)
+        if module is None:
             # Not the kernel's fault: the virtual CPU offers no virtualisation.
             notes.append(f"guest CPU shows neither svm nor vmx under {guest.accel}; /dev/kvm check skipped")
+        elif problem:
+            findings.append(problem)
         else:
-            loaded = guest.modprobe(vendor)
-            if not loaded.ok:
-                findings.append(f"modprobe {vendor} failed ({loaded.exit_status}): "
-                                f"{(loaded.stderr or loaded.stdout).strip()}")
-            exists = guest.run(["test", "-c", "/dev/kvm"])
-            if not exists.ok:
-                findings.append(f"/dev/kvm is not a character device after loading {vendor}")
-            else:
-                notes.append(f"/dev/kvm present after modprobe {vendor}")
+            notes.append(f"/dev/kvm present after modprobe {module}")
 
         # The runner classifies the scenario's own console slice; the boot before it is smoke's.
         log = guest.dmesg()
