@@ -9,8 +9,6 @@ release and VM teardown have no tracepoint, so kprobes stand in for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 from harness.errors import GuestError
 from harness.events import KVM_EVENTS, TraceEvent, parse_overruns, parse_trace
 from harness.guest import Guest
@@ -19,6 +17,8 @@ TRACING = "/sys/kernel/tracing"
 # kprobe event name -> the kernel function it watches (group "nh").
 KPROBES = {"kvm_release": "kvm_mmu_notifier_release", "kvm_destroy": "kvm_destroy_vm"}
 BUFFER_KB = 8192
+STATS_END = "--nh-trace--"
+
 
 @dataclass
 class KvmTrace:
@@ -47,17 +47,18 @@ class KvmTrace:
         if not self.events:
             raise GuestError("the kernel has none of KVM's mmu notifier tracepoints (events/kvm/kvm_*_hva*)")
 
-    def snapshot(self) -> str:
-        return self.guest.read_text(f"{TRACING}/trace")
+    def wait_for(self, event: str, timeout: float) -> bool:
+        """Poll the trace, in the guest, until `event` shows up (one round trip); False if it does not."""
+        tries = max(1, int(timeout / 0.2))
+        script = (f'for i in $(seq {tries}); do grep -q " {event}:" {TRACING}/trace && exit 0; sleep 0.2; done; '
+                  f'exit 1')
+        return self.guest.run(["sh", "-c", script], timeout=timeout + 10).ok
 
     def stop(self) -> list[TraceEvent]:
-        script = (f"cd {TRACING}; echo 0 > tracing_on; cat per_cpu/cpu*/stats > /tmp/nh-trace-stats; "
-                  f"cat trace; echo 0 > events/enable; echo > kprobe_events; echo > trace; "
-                  f"echo 1408 > buffer_size_kb")
-        result = self.guest.run(["sh", "-c", script])
-        self.overruns = parse_overruns(self.guest.read_text("/tmp/nh-trace-stats"))
-        return parse_trace(result.stdout)
-
-
-def first_event(events: list[TraceEvent], name: str) -> Optional[TraceEvent]:
-    return next((e for e in events if e.name == name), None)
+        """Tracing off, the trace and the ring's overrun counts read in one round trip, then the
+        kernel's defaults back (1408 KiB is the default buffer size)."""
+        script = (f"cd {TRACING}; echo 0 > tracing_on; cat per_cpu/cpu*/stats; echo {STATS_END}; cat trace; "
+                  f"echo 0 > events/enable; echo > kprobe_events; echo > trace; echo 1408 > buffer_size_kb")
+        stats, _, trace = self.guest.check(["sh", "-c", script]).partition(STATS_END + "\n")
+        self.overruns = parse_overruns(stats)
+        return parse_trace(trace)

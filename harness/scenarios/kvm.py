@@ -9,22 +9,20 @@ read exactly what it should.
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from harness.artifacts.guest_build import GUEST_BIN
 from harness.errors import GuestError
-from harness.events import Callback, Record, TraceEvent, parse_records
+from harness.events import Callback, Record, TraceEvent
 from harness.guest import Guest
-from harness.kvm.ftrace import KvmTrace
+from harness.kvm.ftrace import KPROBES, KvmTrace
 from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import expected_values_problem
 from harness.model.kvm_notifier import cross_check
 from harness.scenarios.base import NeedsKvm, ScenarioContext
 from harness.scenarios.memcg import Memcg
-from harness.scenarios.probe import load_probe
+from harness.scenarios.probe import detach_and_drain, load_probe, stream_problems
 from harness.verdict import Verdict
 
 PAGE = 4096
@@ -41,9 +39,10 @@ class Observation:
     kprobes: tuple[str, ...]
 
 
-def observe(guest: Guest, pid: int, action: Callable[[], None]) -> Observation:
-    """KVM's tracepoints on, the probe on `pid`'s mm, `action`, the probe off, the tracepoints off.
-    Tracing brackets the probe's attachment, so KVM may have seen more at the ends, never less."""
+def observe(guest: Guest, pid: int, action: Callable[[], None], until: Optional[str] = None) -> Observation:
+    """KVM's tracepoints on, the probe on `pid`'s mm, `action` (then, with `until`, up to 10 s for
+    that trace event), the probe off, the tracepoints off.  Tracing brackets the probe's
+    attachment, so KVM may have seen more at the ends, never less."""
     trace = KvmTrace(guest)
     trace.start()
     attached = False
@@ -51,11 +50,10 @@ def observe(guest: Guest, pid: int, action: Callable[[], None]) -> Observation:
         guest.check([NHCTL, "attach", str(pid)])
         attached = True
         action()
+        if until:
+            trace.wait_for(until, timeout=10)
     finally:
-        if attached:
-            guest.run([NHCTL, "detach"])
-        stats = json.loads(guest.check([NHCTL, "stats"]).strip().splitlines()[-1])
-        records = parse_records(guest.run([NHCTL, "read"]).stdout_bytes)
+        stats, records = detach_and_drain(guest) if attached else ({"dropped": 0, "read": 0}, [])
         events = trace.stop()
     return Observation(records, events, stats, trace.overruns, trace.kprobes)
 
@@ -66,9 +64,7 @@ def judge_observation(ctx: ScenarioContext, obs: Observation, slot: tuple[int, i
     findings: list[str] = []
     (ctx.out_dir / "probe-events.txt").write_text("".join(r.describe() + f" pid {r.pid}\n" for r in obs.records))
     (ctx.out_dir / "kvm-trace.txt").write_text("".join(e.describe() + "\n" for e in obs.events))
-    if obs.probe_stats.get("dropped"):
-        raise GuestError(f"the probe's ring dropped {obs.probe_stats['dropped']} records; the cross-check "
-                         f"would compare an incomplete trace")
+    findings += stream_problems("probe", obs.probe_stats, obs.records)
     if obs.overruns:
         raise GuestError(f"ftrace lost {obs.overruns} events to a full buffer; the cross-check would compare "
                          f"an incomplete trace")
@@ -205,9 +201,9 @@ class KvmOom(NeedsKvm):
                 def fill_until_killed() -> None:
                     vmm.send("write", pages=list(range(npages)), value=1)
                     vmm.wait_killed(timeout=cfg.reaper_wait_s + 60)
-                    self._wait_teardown(guest, time.monotonic() + 10)
 
-                obs = observe(guest, vmm.pid, fill_until_killed)
+                # KVM destroys the VM when the dead VMM's files close, a moment after its mm went.
+                obs = observe(guest, vmm.pid, fill_until_killed, until="kvm_destroy")
             events, current, procs = memcg.events(), memcg.current(), memcg.procs()
         if events.get("oom_kill", 0) < 1:
             findings.append(f"the VMM died, but not by the OOM killer: memory.events {events}")
@@ -225,18 +221,10 @@ class KvmOom(NeedsKvm):
             if name not in obs.kprobes:
                 findings.append(f"the kprobe {name} could not be placed; KVM's teardown was not observed")
             elif len(seen) != 1:
-                findings.append(f"{name} (kprobe on {'kvm_mmu_notifier_release' if name == 'kvm_release' else 'kvm_destroy_vm'}) "
-                                f"hit {len(seen)} times in the VMM (pid {vmm.pid}); expected once for its one VM")
+                findings.append(f"{name} (kprobe on {KPROBES[name]}) hit {len(seen)} times in the VMM "
+                                f"(pid {vmm.pid}); expected once for its one VM")
         cross, notes = judge_observation(ctx, obs, _slot(created), need=())
         notes.insert(0, f"memory.events {events}, memory.current after {current}; VMM exit status {vmm.exit_status}; "
                         f"KVM release by {kvm_release[0].comm + '-' + str(kvm_release[0].pid) if kvm_release else '-'}, "
                         f"VM destroyed by {destroyed[0].comm + '-' + str(destroyed[0].pid) if destroyed else '-'}")
         return Verdict.from_findings(findings + cross, notes)
-
-    @staticmethod
-    def _wait_teardown(guest: Guest, deadline: float) -> None:
-        """KVM destroys the VM when the dead VMM's files close, a moment after its mm went."""
-        while time.monotonic() < deadline:
-            if guest.run(["grep", "-q", "kvm_destroy:", "/sys/kernel/tracing/trace"]).ok:
-                return
-            time.sleep(0.2)

@@ -98,16 +98,33 @@ def format_finding(run: str, f: Finding) -> str:
     return text
 
 
+def stream_problems(name: str, stats: dict[str, Any], records: list[Record]) -> list[str]:
+    """The probe's own honesty checks: nothing dropped, everything handed out arrived."""
+    problems = []
+    if stats["dropped"]:
+        problems.append(f"{name}: the probe's ring was full and dropped {stats['dropped']} records; "
+                        f"the trace is incomplete")
+    if stats["read"] != len(records):
+        problems.append(f"{name}: the module handed out {stats['read']} records but {len(records)} arrived")
+    return problems
+
+
+def detach_and_drain(guest: Guest) -> tuple[dict[str, Any], list[Record]]:
+    """Detach the probe (attached with `nhctl attach`), drain its ring, and read its counters after
+    the drain, in one round trip: the counters' JSON line, then the raw records."""
+    nhctl = f"{GUEST_BIN}/nhctl"
+    out = guest.run(["sh", "-c", f"{nhctl} detach; {nhctl} read > {EVENTS_FILE} && {nhctl} stats && "
+                                 f"cat {EVENTS_FILE}"])
+    if not out.ok:
+        raise GuestError(f"draining the probe failed: {(out.stderr or out.stdout).strip()[:300]}")
+    line, _, raw = out.stdout_bytes.partition(b"\n")
+    return json.loads(line), parse_records(raw)
+
+
 def judge_run(run: WorkloadRun, features: Features, out_dir: Path, nonblocking_pids: frozenset[int] = frozenset(),
               failing: bool = False) -> tuple[list[str], Judgement]:
     """The model's findings on one run, plus the probe's own honesty checks; evidence to out_dir."""
-    findings: list[str] = []
-    if run.stats["dropped"]:
-        findings.append(f"{run.name}: the probe's ring was full and dropped {run.stats['dropped']} records; "
-                        f"the trace is incomplete")
-    if run.stats["read"] != len(run.records):
-        findings.append(f"{run.name}: the module handed out {run.stats['read']} records but "
-                        f"{len(run.records)} arrived")
+    findings = stream_problems(run.name, run.stats, run.records)
     try:
         judgement = judge(run.records, run.ops, run.pid, features, nonblocking_pids=nonblocking_pids,
                           failing=failing)
