@@ -21,6 +21,8 @@
  *   verify:NAME                  compare every byte with what was written; reports bad_pages
  *   ksm:NAME:TIMEOUT             MADV_MERGEABLE, run ksmd fast until full_scans advanced by 2,
  *                                report ksm_merging_pages and ksmd's counters, stop ksmd
+ *   ksmd:PID:TIMEOUT             the same ksmd run for another process's mergeable memory; reports
+ *                                /proc/PID/ksm_merging_pages
  *   unmerge:NAME                 MADV_UNMERGEABLE
  *   oom:SIZE                     print the VMAs (from smaps), then mmap SIZE and touch it: expects
  *                                to be killed by the OOM killer; surviving is an error
@@ -452,12 +454,26 @@ static long wait_two_scans(const char *path, long before, long timeout_s)
 }
 
 /* A path of its own: read_long() reads into scratch. */
-static const char *merging_path(void)
+static const char *merging_path(int pid)
 {
 	static char path[64];
 
-	snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages", getpid());
+	snprintf(path, sizeof(path), "/proc/%d/ksm_merging_pages", pid);
 	return path;
+}
+
+/* Run ksmd fast until full_scans has advanced by 2 (or the timeout), then stop it; full_scans. */
+static long run_ksmd(const char *op, long timeout_s, long *scans0)
+{
+	long scans;
+
+	*scans0 = read_long(KSM "full_scans");
+	if (write_str(KSM "pages_to_scan", "5000") || write_str(KSM "sleep_millisecs", "10") ||
+	    write_str(KSM "run", "1"))
+		fail(op, "starting ksmd through " KSM, errno);
+	scans = wait_two_scans(KSM "full_scans", *scans0, timeout_s);
+	write_str(KSM "run", "0");
+	return scans;
 }
 
 static void op_ksm(char **f, int n)
@@ -474,14 +490,9 @@ static void op_ksm(char **f, int n)
 	t0 = now_ns();
 	if (madvise((void *)m->start, m->size, MADV_MERGEABLE))
 		fail("ksm", "madvise(MADV_MERGEABLE)", errno);
-	scans0 = read_long(KSM "full_scans");
-	if (write_str(KSM "pages_to_scan", "5000") || write_str(KSM "sleep_millisecs", "10") ||
-	    write_str(KSM "run", "1"))
-		fail("ksm", "starting ksmd through " KSM, errno);
-	scans = wait_two_scans(KSM "full_scans", scans0, timeout_s);
-	write_str(KSM "run", "0");
+	scans = run_ksmd("ksm", timeout_s, &scans0);
 	t1 = now_ns();
-	merging = read_long(merging_path());
+	merging = read_long(merging_path(getpid()));
 	shared = read_long(KSM "pages_shared");
 	sharing = read_long(KSM "pages_sharing");
 	printf("{\"op\": \"ksm\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"ksmd_pid\": %d, "
@@ -491,6 +502,23 @@ static void op_ksm(char **f, int n)
 	       merging, shared, sharing, t0, t1);
 	if (scans < scans0 + 2)
 		fail("ksm", "ksmd did not complete two full scans in time (see full_scans)", 0);
+}
+
+/* ksmd:PID:TIMEOUT: the same ksmd run for another process's MADV_MERGEABLE memory (a VMM's slot). */
+static void op_ksmd(char **f, int n)
+{
+	long scans0, scans, merging, timeout_s = n > 2 ? strtol(f[2], NULL, 0) : 30;
+	int pid;
+
+	if (n < 2)
+		fail("ksmd", "usage ksmd:PID[:TIMEOUT_S]", 0);
+	pid = atoi(f[1]);
+	scans = run_ksmd("ksmd", timeout_s, &scans0);
+	merging = read_long(merging_path(pid));
+	printf("{\"op\": \"ksmd\", \"pid\": %d, \"full_scans\": %ld, \"full_scans_before\": %ld, "
+	       "\"merging_pages\": %ld}\n", pid, scans, scans0, merging);
+	if (scans < scans0 + 2)
+		fail("ksmd", "ksmd did not complete two full scans in time (see full_scans)", 0);
 }
 
 static void op_unmerge(char **f, int n)
@@ -507,7 +535,7 @@ static void op_unmerge(char **f, int n)
 	t1 = now_ns();
 	printf("{\"op\": \"unmerge\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"merging_pages\": %ld, "
 	       "\"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
-	       (unsigned long)(m->start + m->size), read_long(merging_path()), t0, t1);
+	       (unsigned long)(m->start + m->size), read_long(merging_path(getpid())), t0, t1);
 }
 
 /* Every VMA with the smaps flags the OOM reaper decides by (sh, pf, ht). */
@@ -710,6 +738,8 @@ int main(int argc, char **argv)
 			op_data(f[0], f, n);
 		else if (!strcmp(f[0], "ksm"))
 			op_ksm(f, n);
+		else if (!strcmp(f[0], "ksmd"))
+			op_ksmd(f, n);
 		else if (!strcmp(f[0], "unmerge"))
 			op_unmerge(f, n);
 		else if (!strcmp(f[0], "oom"))

@@ -9,6 +9,7 @@ read exactly what it should.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -134,9 +135,6 @@ class KvmThpSplit(NeedsKvm):
         return Verdict.from_findings(findings + cross, notes)
 
 
-KSM = "/sys/kernel/mm/ksm"
-
-
 class KvmKsm(NeedsKvm):
     name = "kvm-ksm"
     description = ("ksmd merges the L2's identical pages under KVM (unmap per page, set_spte on 6.1); the L2 "
@@ -172,16 +170,13 @@ class KvmKsm(NeedsKvm):
 
     @staticmethod
     def _merge(guest: Guest, pid: int, timeout: float) -> dict[str, int]:
-        """Run ksmd fast until two full scans have passed with pages merged, then stop it."""
-        script = (f'K={KSM}; s=$(cat $K/sleep_millisecs); n=$(cat $K/pages_to_scan); '
-                  f'echo 20 > $K/sleep_millisecs; echo 4096 > $K/pages_to_scan; b=$(cat $K/full_scans); '
-                  f'echo 1 > $K/run; end=$(( $(date +%s) + {int(timeout)} )); '
-                  f'while [ $(cat $K/full_scans) -lt $((b + 2)) ] || [ $(cat /proc/{pid}/ksm_merging_pages) -eq 0 ]; '
-                  f'do [ $(date +%s) -ge $end ] && break; sleep 0.05; done; '
-                  f'echo $b $(cat $K/full_scans) $(cat /proc/{pid}/ksm_merging_pages); echo 0 > $K/run; '
-                  f'echo $s > $K/sleep_millisecs; echo $n > $K/pages_to_scan')
-        before, scans, merging = (int(x) for x in guest.check(["sh", "-c", script], timeout=timeout + 30).split())
-        return {"scans_before": before, "scans": scans, "merging": merging}
+        """mmops's ksmd run (ksmd fast until two full scans have passed, then stopped) for the VMM."""
+        out = guest.check([f"{GUEST_BIN}/mmops", "--no-probe", f"ksmd:{pid}:{int(timeout)}"], timeout=timeout + 30)
+        line = next((json.loads(l) for l in out.splitlines() if '"ksmd"' in l), None)
+        if line is None or "error" in line:
+            raise GuestError(f"running ksmd for the VMM failed: {out.strip()[-300:]}")
+        return {"scans_before": line["full_scans_before"], "scans": line["full_scans"],
+                "merging": line["merging_pages"]}
 
 
 class KvmOom(NeedsKvm):
