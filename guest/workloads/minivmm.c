@@ -131,7 +131,6 @@ struct vm {
 	uint8_t *mem, *map;		/* slot 1 (2 MiB aligned) and the mapping holding it */
 	size_t map_len;
 	uint64_t pages;
-	uint32_t flags;
 	int cleared_once, flipped_once;	/* --corrupt: once per VM */
 };
 
@@ -352,6 +351,13 @@ static int enable_cap(int64_t value, int64_t flags)
 	return ioctl(vm.fd, KVM_ENABLE_CAP, &cap);
 }
 
+/* Who holds the test slot and where: the probe attaches to the pid, the cross-check uses the range. */
+static void emit_slot(void)
+{
+	emit(", \"pid\": %d, \"hva\": %" PRIuPTR ", \"gpa\": %lu, \"pages\": %" PRIu64, getpid(),
+	     (uintptr_t)vm.mem, TEST_GPA, vm.pages);
+}
+
 /* Each step names what failed, so "create" answers with the first failing call. */
 static void cmd_create(const char *line)
 {
@@ -372,7 +378,6 @@ static void cmd_create(const char *line)
 	if (pages < 1 || (uint64_t)pages > MAX_PAGES)
 		return fail("pages must be 1..%lu", MAX_PAGES);
 	vm.pages = pages;
-	vm.flags = flags;
 
 #define STEP(call, what) do { if ((r = (call)) < 0) { result(r, errno); fail("%s: %s", what, strerror(errno)); \
 				  destroy_vm(); return; } } while (0)
@@ -425,8 +430,7 @@ static void cmd_create(const char *line)
 		return;
 	}
 	result(0, 0);
-	emit(", \"pid\": %d, \"hva\": %" PRIuPTR ", \"gpa\": %lu, \"pages\": %" PRIu64, getpid(),
-	     (uintptr_t)vm.mem, TEST_GPA, vm.pages);
+	emit_slot();
 }
 
 static uint32_t list[MAX_LIST];
@@ -473,7 +477,7 @@ static void cmd_get(const char *line)
 
 	get_i64(line, "slot", &slot);
 	log.slot = slot;
-	memset(bitmap, 0, sizeof(bitmap));
+	memset(bitmap, 0, bytes);
 	r = ioctl(vm.fd, KVM_GET_DIRTY_LOG, &log);
 	result(r, errno);
 	if (r == 0 && corrupt == CORRUPT_FLIP_BIT && !vm.flipped_once) {
@@ -485,7 +489,7 @@ static void cmd_get(const char *line)
 			}
 	}
 	if (r == 0 && log.slot == TEST_SLOT)
-		memcpy(last_get, bitmap, sizeof(last_get));
+		memcpy(last_get, bitmap, bytes);
 	if (r == 0) {
 		emit(", \"bitmap\": ");
 		emit_hex(bitmap, bytes);
@@ -526,8 +530,7 @@ static void cmd_clear(const char *line)
 	static char hex[MAX_PAGES / 4 + 32];
 	struct kvm_clear_dirty_log log = { .dirty_bitmap = bitmap };
 	int64_t slot = TEST_SLOT, first = 0, num = 0;
-	int r, any = 0;
-	long n;
+	int r;
 
 	get_i64(line, "slot", &slot);
 	get_i64(line, "first", &first);
@@ -535,14 +538,12 @@ static void cmd_clear(const char *line)
 	if (get_str(line, "bitmap", hex, sizeof(hex)) != 1)
 		return fail("\"bitmap\" must be a hex string of at most %lu bytes", sizeof(bitmap));
 	memset(bitmap, 0, sizeof(bitmap));
-	if ((n = unhex(hex, bitmap, sizeof(bitmap))) < 0)
+	if (unhex(hex, bitmap, sizeof(bitmap)) < 0)
 		return fail("\"bitmap\" must be a hex string of at most %lu bytes", sizeof(bitmap));
 	log.slot = slot;
 	log.first_page = first;
 	log.num_pages = num;
-	for (long i = 0; i < n; i++)
-		any |= bitmap[i];
-	if (corrupt == CORRUPT_SKIP_CLEAR && !vm.cleared_once && any && asks_for_reported(first, num, bitmap)) {
+	if (corrupt == CORRUPT_SKIP_CLEAR && !vm.cleared_once && asks_for_reported(first, num, bitmap)) {
 		/* The same ioctl (same checks, same errno) with nothing asked: the clear is skipped. */
 		memset(bitmap, 0, sizeof(bitmap));
 		r = ioctl(vm.fd, KVM_CLEAR_DIRTY_LOG, &log);
@@ -568,13 +569,15 @@ static int range(const char *line, uint8_t **addr, size_t *len, char *msg, size_
 	return 0;
 }
 
-static void cmd_madvise(const char *line)
+struct named { const char *name; int value; };
+
+static int do_madvise(void *addr, size_t len, int advice) { return madvise(addr, len, advice); }
+static int do_mprotect(void *addr, size_t len, int prot) { return mprotect(addr, len, prot); }
+
+/* madvise or mprotect over "offset"/"length" of the slot, its argument named by `key` from `names`. */
+static void cmd_range(const char *line, const char *key, const struct named *names, size_t count,
+		      int (*call)(void *, size_t, int))
 {
-	static const struct { const char *name; int advice; } advices[] = {
-		{ "dontneed", MADV_DONTNEED }, { "hugepage", MADV_HUGEPAGE }, { "nohugepage", MADV_NOHUGEPAGE },
-		{ "mergeable", MADV_MERGEABLE }, { "unmergeable", MADV_UNMERGEABLE }, { "cold", MADV_COLD },
-		{ "pageout", MADV_PAGEOUT },
-	};
 	char name[32] = "", msg[160];
 	uint8_t *addr;
 	size_t len;
@@ -582,32 +585,22 @@ static void cmd_madvise(const char *line)
 
 	if (range(line, &addr, &len, msg, sizeof(msg)))
 		return fail("%s", msg);
-	get_str(line, "advice", name, sizeof(name));
-	for (size_t i = 0; i < sizeof(advices) / sizeof(advices[0]); i++)
-		if (!strcmp(name, advices[i].name)) {
-			r = madvise(addr, len, advices[i].advice);
+	get_str(line, key, name, sizeof(name));
+	for (size_t i = 0; i < count; i++)
+		if (!strcmp(name, names[i].name)) {
+			r = call(addr, len, names[i].value);
 			emit(", \"addr\": %" PRIuPTR, (uintptr_t)addr);
 			return result(r, errno);
 		}
-	fail("unknown advice '%s'", name);
+	fail("unknown %s '%s'", key, name);
 }
 
-static void cmd_mprotect(const char *line)
-{
-	char prot[8] = "", msg[160];
-	uint8_t *addr;
-	size_t len;
-	int r;
-
-	if (range(line, &addr, &len, msg, sizeof(msg)))
-		return fail("%s", msg);
-	get_str(line, "prot", prot, sizeof(prot));
-	if (strcmp(prot, "r") && strcmp(prot, "rw"))
-		return fail("prot must be r or rw");
-	r = mprotect(addr, len, PROT_READ | (strcmp(prot, "rw") ? 0 : PROT_WRITE));
-	emit(", \"addr\": %" PRIuPTR, (uintptr_t)addr);
-	result(r, errno);
-}
+static const struct named advices[] = {
+	{ "dontneed", MADV_DONTNEED }, { "hugepage", MADV_HUGEPAGE }, { "nohugepage", MADV_NOHUGEPAGE },
+	{ "mergeable", MADV_MERGEABLE }, { "unmergeable", MADV_UNMERGEABLE }, { "cold", MADV_COLD },
+	{ "pageout", MADV_PAGEOUT },
+};
+static const struct named prots[] = { { "r", PROT_READ }, { "rw", PROT_READ | PROT_WRITE } };
 
 static void cmd_stats(void)
 {
@@ -662,8 +655,7 @@ static void serve(const char *line)
 		result(0, 0);
 	} else if (!strcmp(op, "info")) {
 		result(0, 0);
-		emit(", \"pid\": %d, \"hva\": %" PRIuPTR ", \"gpa\": %lu, \"pages\": %" PRIu64, getpid(),
-		     (uintptr_t)vm.mem, TEST_GPA, vm.pages);
+		emit_slot();
 	} else if (!strcmp(op, "cap")) {
 		get_i64(line, "value", &value);
 		get_i64(line, "flags", &flags);
@@ -672,8 +664,6 @@ static void serve(const char *line)
 	} else if (!strcmp(op, "flags")) {
 		get_i64(line, "flags", &flags);
 		int r = set_slot(TEST_SLOT, flags, TEST_GPA, vm.pages * PAGE, vm.mem);
-		if (r == 0)
-			vm.flags = flags;
 		result(r, errno);
 	} else if (!strcmp(op, "write") || !strcmp(op, "read")) {
 		cmd_l2(line, !strcmp(op, "read"));
@@ -682,9 +672,9 @@ static void serve(const char *line)
 	} else if (!strcmp(op, "clear")) {
 		cmd_clear(line);
 	} else if (!strcmp(op, "madvise")) {
-		cmd_madvise(line);
+		cmd_range(line, "advice", advices, sizeof(advices) / sizeof(advices[0]), do_madvise);
 	} else if (!strcmp(op, "mprotect")) {
-		cmd_mprotect(line);
+		cmd_range(line, "prot", prots, sizeof(prots) / sizeof(prots[0]), do_mprotect);
 	} else if (!strcmp(op, "stats")) {
 		cmd_stats();
 	} else {
