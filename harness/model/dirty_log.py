@@ -137,18 +137,19 @@ class DirtyLogModel:
         for p in range(first_page, first_page + count):
             self.memory.pop(p, None)
 
-    def _lookup_errno(self, slot: int) -> int:
-        """The slot checks GET and CLEAR share: id range, then existence of a dirty bitmap."""
+    @staticmethod
+    def _slot_id_errno(slot: int) -> int:
+        """`as_id >= KVM_ADDRESS_SPACE_NUM || id >= KVM_USER_MEM_SLOTS`: EINVAL."""
         as_id, ident = slot >> 16, slot & 0xFFFF
-        if as_id >= ADDRESS_SPACES or ident >= USER_MEM_SLOTS:
-            return E.EINVAL
-        if slot != self.slot or not self.logging:
-            return E.ENOENT
-        return 0
+        return E.EINVAL if as_id >= ADDRESS_SPACES or ident >= USER_MEM_SLOTS else 0
+
+    def _bitmap_errno(self, slot: int) -> int:
+        """No such slot, or a slot without a dirty bitmap: ENOENT."""
+        return 0 if slot == self.slot and self.logging else E.ENOENT
 
     def get_errno(self, slot: int) -> int:
         """kvm_get_dirty_log_protect's checks, in the kernel's order (the ring is never enabled)."""
-        return self._lookup_errno(slot)
+        return self._slot_id_errno(slot) or self._bitmap_errno(slot)
 
     def get(self, bitmap: int) -> list[str]:
         """Judge a successful GET's bitmap, then apply it: manual protect leaves the bitmap as it
@@ -177,18 +178,10 @@ class DirtyLogModel:
         """kvm_clear_dirty_log_protect's checks, in the kernel's order: the slot id, then first_page
         alignment (before the slot lookup, so a missing slot with a misaligned first page gives
         EINVAL), then the slot and its bitmap, then the range against the slot's size."""
-        as_id, ident = slot >> 16, slot & 0xFFFF
-        if as_id >= ADDRESS_SPACES or ident >= USER_MEM_SLOTS:
-            return E.EINVAL
-        if first & (WORD - 1):
-            return E.EINVAL
-        err = self._lookup_errno(slot)
-        if err:
-            return err
         n = self.npages
-        if first > n or num > n - first or (num < n - first and num & (WORD - 1)):
-            return E.EINVAL
-        return 0
+        return (self._slot_id_errno(slot) or (E.EINVAL if first & (WORD - 1) else 0)
+                or self._bitmap_errno(slot)
+                or (E.EINVAL if first > n or num > n - first or (num < n - first and num & (WORD - 1)) else 0))
 
     def clear(self, first: int, num: int, bitmap: int) -> None:
         """Clear what was both requested and set; requested bits past num_pages' last word or past
@@ -201,9 +194,9 @@ class DirtyLogModel:
 
 def expected_values_problem(pages: list[int], expected: list[int], got: list[int]) -> Optional[str]:
     """The first few pages where the L2 read something other than the model's value."""
-    wrong = [(p, e, g) for p, e, g in zip(pages, expected, got) if e != g]
     if len(got) != len(expected):
         return f"the L2 returned {len(got)} values for {len(expected)} pages"
+    wrong = [(p, e, g) for p, e, g in zip(pages, expected, got) if e != g]
     if not wrong:
         return None
     shown = ", ".join(f"page {p}: read {g:#x}, expected {e:#x}" for p, e, g in wrong[:6])
