@@ -3,6 +3,7 @@ resolved once per session (downloaded into the cache the first time)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from harness.artifacts.cache import cache_root
 from harness.artifacts.prepare import Prepared, prepare
+from harness.cli import main
 from harness.config import MachineConfig
 from harness.kernelspec import parse_kernel_spec
 from harness.vm.accel import AccelChoice
@@ -65,3 +67,15 @@ def cmdline_of(pid: int) -> list[str]:
 def qemu_running(argv: list[str]) -> list[int]:
     """Pids of live processes whose command line is exactly this QEMU argv."""
     return [pid for pid in pids() if cmdline_of(pid) == argv and pid_alive(pid)]
+
+
+def run_matrix_passing(out: Path, capsys, *scenarios: str) -> dict[tuple[str, str], str]:
+    """`run -c configs/matrix.yaml` for `scenarios` on 6.1 and 6.12 under TCG; every row must pass.
+    Each row's notes, joined, keyed by (minor version, scenario): ("1", "ksm"), ("12", "ksm")."""
+    argv = ["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out)]
+    code = main(argv + [arg for name in scenarios for arg in ("--scenario", name)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert len(rows) == 2 * len(scenarios) and {r["verdict"] for r in rows} == {"pass"}
+    return {(r["kernel"].split(".")[1], r["scenario"]): " ".join(r["notes"]) for r in rows}

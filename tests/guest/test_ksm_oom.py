@@ -7,17 +7,11 @@ from __future__ import annotations
 import json
 
 from harness.cli import main
+from tests.guest.conftest import run_matrix_passing
 
 
 def test_ksm_aging_and_oom_scenarios_pass_on_6_1_and_6_12(kernels, tmp_path, capsys):
-    out = tmp_path / "run"
-    code = main(["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out), "--scenario", "ksm",
-                 "--scenario", "aging", "--scenario", "memcg-oom", "--scenario", "memcg-oom-nonblock-fail"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed
-    rows = json.loads((out / "results.json").read_text())["results"]
-    assert len(rows) == 8 and {r["verdict"] for r in rows} == {"pass"}
-    notes = {(r["kernel"].split(".")[1], r["scenario"]): " ".join(r["notes"]) for r in rows}
+    notes = run_matrix_passing(tmp_path / "run", capsys, "ksm", "aging", "memcg-oom", "memcg-oom-nonblock-fail")
     assert "ksm_merging_pages 64 of 64" in notes[("1", "ksm")]
     # The aging callback reclaim uses differs by version: MGLRU (on by default on 6.12) look-around.
     assert "lru_gen/enabled 0x0000" in notes[("1", "aging")] and " 0 clear_young" in notes[("1", "aging")]
