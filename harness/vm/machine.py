@@ -177,6 +177,11 @@ class Machine:
             self.console.close(1.0)
             how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
             tail = f"; console tail:\n{self.console.tail()}" if with_tail else ""
+            if self.console.panicked.is_set():
+                # A panic before pvpanic is loaded (early boot) reboots at once (panic=-1), and
+                # -no-reboot turns that into a clean exit: the console is the only account.
+                raise MachineLost("panic", f"guest panicked {when}: {self.console.panic_line} "
+                                           f"(QEMU then {how}){tail}")
             raise MachineLost("qemu-exited", f"QEMU {how} {when}: {self.stderr_tail() or '(no stderr)'}{tail}")
         for event in self.monitor.poll_events():
             if event.get("event") == "GUEST_PANICKED":

@@ -68,3 +68,43 @@ def test_a_full_run_directory_stops_the_run_with_a_clear_error(tmp_path, monkeyp
     with pytest.raises(OutputError) as e:
         run.execute()
     assert "No space left on device" in str(e.value) and str(tmp_path / "run") in str(e.value)
+
+
+class _Exited:
+    def poll(self):
+        return 0
+
+
+class _Console:
+    def __init__(self, panic_line: str):
+        import threading
+        self.panicked = threading.Event()
+        self.panic_line = panic_line
+        if panic_line:
+            self.panicked.set()
+
+    def close(self, timeout: float) -> None:
+        pass
+
+    def tail(self) -> str:
+        return "console tail"
+
+
+def _exited_machine(panic_line: str):
+    from harness.vm.machine import Machine
+    m = Machine.__new__(Machine)
+    m.proc, m.console, m.monitor = _Exited(), _Console(panic_line), object()   # not reached: QEMU is gone
+    m.stderr_tail = lambda: ""
+    return m
+
+
+def test_an_early_boot_panic_that_exits_qemu_is_named_a_panic():
+    """Before pvpanic loads, panic=-1 reboots and -no-reboot exits QEMU with status 0."""
+    import pytest
+    from harness.errors import MachineLost
+    with pytest.raises(MachineLost) as e:
+        _exited_machine("Kernel panic - not syncing: Fatal exception in interrupt")._check_alive("while booting")
+    assert e.value.kind == "panic" and "Fatal exception in interrupt" in str(e.value) and "exited with status 0" in str(e.value)
+    with pytest.raises(MachineLost) as e:
+        _exited_machine("")._check_alive("while booting")
+    assert e.value.kind == "qemu-exited"
