@@ -45,9 +45,13 @@ def qemu_argv(plan: QemuPlan) -> list[str]:
     if plan.accel == "kvm":
         accel = ["-accel", "kvm", "-cpu", "host"]
     elif plan.accel == "tcg":
-        # thread=multi: one host thread per vCPU.  -cpu max exposes svm (and
-        # npt), so the guest kernel can itself run KVM for the nested scenarios.
-        accel = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        # thread=single: one host thread runs the vCPUs in turn.  Under multi-threaded TCG a vCPU
+        # can run a stale translation of kernel text another vCPU has just patched (static keys:
+        # at boot, on memcg creation, on a KVM VM's creation) and take an int3 the kernel no longer
+        # expects, an Oops that is QEMU's, not the kernel's; it failed about one `make test` in
+        # three.  On a 2-core host single is also faster (the harness needs a core too).
+        # -cpu max exposes svm (and npt), so the guest kernel can itself run KVM.
+        accel = ["-accel", "tcg,thread=single", "-cpu", "max"]
     else:
         raise ValueError(f"accelerator {plan.accel!r}")
     return [

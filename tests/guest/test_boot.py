@@ -42,7 +42,7 @@ def test_boot_command_qmp_and_clean_shutdown(series, kernels, machine_config, tm
     assert not private.exists()
     assert READY_MARKER in (tmp_path / "console.log").read_text(errors="replace")
     argv = json.loads((tmp_path / "qemu-argv.json").read_text())
-    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=single"
 
 
 def test_boot_timeout_names_the_problem_and_leaves_nothing(kernels, machine_config, tmp_path):

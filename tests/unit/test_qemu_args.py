@@ -22,7 +22,7 @@ def opt(argv: list[str], flag: str) -> list[str]:
 def test_tcg_uses_multithreaded_tcg_and_cpu_max_for_nested_svm():
     argv = qemu_argv(plan("tcg"))
     assert argv[0] == "qemu-system-x86_64"
-    assert opt(argv, "-accel") == ["tcg,thread=multi"] and opt(argv, "-cpu") == ["max"]
+    assert opt(argv, "-accel") == ["tcg,thread=single"] and opt(argv, "-cpu") == ["max"]
     assert "-enable-kvm" not in argv
 
 
