@@ -17,7 +17,10 @@ def test_kvm_scenarios_pass_on_6_1_and_6_12(kernels, tmp_path, capsys):
         assert "after the split: pages_2m 0" in notes[(version, "kvm-thp-split")]
         assert "ksm_merging_pages 64 of 64" in notes[(version, "kvm-ksm")]
         assert "'oom_kill': 1" in notes[(version, "kvm-oom")]
-        assert "KVM release by minivmm" in notes[(version, "kvm-oom")]
+        # Seen, by whichever task dropped the VMM's mm last (on 6.12 sometimes the VM's
+        # kvm-nx-lpage-recovery worker, not minivmm's main thread).
+        assert "KVM release by -," not in notes[(version, "kvm-oom")]
+        assert "VM destroyed by -" not in notes[(version, "kvm-oom")]
     # change_pte, and with it kvm_set_spte_hva, exists on 6.1 only: ksmd's merges show it.
     assert "'set_spte': 128" in notes[("1", "kvm-ksm")] and "set_spte" not in notes[("12", "kvm-ksm")]
 
