@@ -7,6 +7,8 @@
  *
  *   mmops [--no-probe] OP...
  *
+ *   cpu:N                        pin the workload to CPU N (sched_setaffinity): MADV_COLD drains only its
+ *                                own CPU's LRU batches and skips pages still in another CPU's
  *   map:NAME:SIZE[:thp|:nothp]   mmap RW anonymous at a fixed 1 GiB-spaced address, 2 MiB aligned,
  *                                MADV_HUGEPAGE or MADV_NOHUGEPAGE, touched; thp is checked in smaps
  *   touch:NAME:OFF:LEN           write one byte per page
@@ -26,7 +28,8 @@
  *   unmerge:NAME                 MADV_UNMERGEABLE
  *   oom:SIZE                     print the VMAs (from smaps), then mmap SIZE and touch it: expects
  *                                to be killed by the OOM killer; surviving is an error
- *   cold:NAME:OFF:LEN            madvise(MADV_COLD): PTEs made old and PG_referenced cleared, no callback
+ *   cold:NAME:OFF:LEN            madvise(MADV_COLD): PTEs made old and PG_referenced cleared, no callback;
+ *                                only pages on an LRU list (pin the workload first: cpu:N)
  *   khugepaged:NAME:TIMEOUT      MADV_HUGEPAGE, khugepaged scanning fast until full_scans advanced by 2,
  *                                then MADV_NOHUGEPAGE and khugepaged's settings restored; reports
  *                                khugepaged's pid, collapse counters from /proc/vmstat and AnonHugePages
@@ -43,6 +46,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -521,6 +525,28 @@ static void op_ksmd(char **f, int n)
 		fail("ksmd", "ksmd did not complete two full scans in time (see full_scans)", 0);
 }
 
+static void op_cpu(char **f, int n)
+{
+	cpu_set_t set;
+	uint64_t t0;
+	long cpu;
+
+	if (n < 2)
+		fail("cpu", "usage cpu:N", 0);
+	cpu = strtol(f[1], NULL, 10);
+	if (cpu < 0 || cpu >= CPU_SETSIZE)
+		fail("cpu", "no such CPU", EINVAL);
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	t0 = now_ns();
+	if (sched_setaffinity(0, sizeof(set), &set))
+		fail("cpu", "sched_setaffinity", errno);
+	/* sched_setaffinity migrates the caller before it returns; say so if it did not. */
+	if (sched_getcpu() != cpu)
+		fail("cpu", "still running on another CPU after sched_setaffinity", 0);
+	printf("{\"op\": \"cpu\", \"cpu\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", cpu, t0, now_ns());
+}
+
 static void op_unmerge(char **f, int n)
 {
 	struct mapping *m;
@@ -730,6 +756,8 @@ int main(int argc, char **argv)
 			continue;
 		if (!strcmp(f[0], "map"))
 			op_map(f, n);
+		else if (!strcmp(f[0], "cpu"))
+			op_cpu(f, n);
 		else if (!strcmp(f[0], "cow"))
 			op_cow(f, n);
 		else if (!strcmp(f[0], "loop"))

@@ -47,7 +47,7 @@ class VmaInfo:
 class Op:
     """One line of mmops output."""
 
-    kind: str                        # map, dontneed, mprotect, munmap, split, touch, cow, loop, exit, start
+    kind: str                        # map, dontneed, mprotect, munmap, split, touch, cow, loop, cpu, exit, ...
     t0: int
     t1: int
     name: str = ""
@@ -74,6 +74,7 @@ class Op:
     lru_gen: int = -1                # reclaim: /sys/kernel/mm/lru_gen/enabled (-1: no MGLRU)
     errno: int = 0                   # reclaim: the write to memory.reclaim (EAGAIN: reclaimed less)
     swap_kb: int = -1                # reclaim: Swap of the mapping afterwards
+    cpu: int = -1                    # cpu: the CPU the workload is pinned to from now on
 
     def describe(self) -> str:
         if not self.end:
@@ -121,7 +122,7 @@ def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
                       collapse_alloc=int(line.get("collapse_alloc", 0)),
                       collapse_alloc_failed=int(line.get("collapse_alloc_failed", 0)),
                       lru_gen=int(line.get("lru_gen", -1)), errno=int(line.get("errno", 0)),
-                      swap_kb=int(line.get("swap_kb", -1))))
+                      swap_kb=int(line.get("swap_kb", -1)), cpu=int(line.get("cpu", -1))))
     if not pid:
         raise ModelError("the workload printed no start line")
     return pid, ops
@@ -155,9 +156,15 @@ class AddressSpace:
     # Pages whose PTE has the accessed bit: the CPU sets it on every access (map, touch, fill, write,
     # verify); MADV_COLD clears it without a callback.  khugepaged asks test_young only of old PTEs.
     young: set[int] = field(default_factory=set)
+    # The CPU the workload is pinned to (the cpu operation), None while it may migrate, and the CPUs
+    # it touched memory on.  A page it faults waits in that CPU's lru_add batch, off the LRU, until
+    # the batch is drained: MADV_COLD needs to know where that was.
+    cpu: Optional[int] = None
+    access_cpus: set[Optional[int]] = field(default_factory=set)
 
     def access(self, start: int, end: int) -> None:
         self.young.update(range(start, end, PAGE))
+        self.access_cpus.add(self.cpu)
 
     def make_old(self, start: int, end: int) -> None:
         self.young.difference_update(range(start, end, PAGE))

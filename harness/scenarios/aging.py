@@ -1,7 +1,9 @@
 """aging: the young callbacks (kernel-semantics.md §3, aging).
 
 Two workload runs, each judged by the model:
-  khugepaged  a 4 MiB mapping is made old with MADV_COLD, a few pages of its first
+  khugepaged  the workload pinned to CPU 0 (MADV_COLD drains only its own CPU's LRU
+              batches, and skips pages still in another's), a 4 MiB mapping is made
+              old with MADV_COLD, a few pages of its first
               2 MiB block are touched again, and khugepaged scans it: test_young
               for exactly the old PTEs, a collapse (CLEAR over the block) only of
               the block with a referenced PTE.
@@ -31,7 +33,7 @@ class Aging:
         findings: list[str] = []
         notes: list[str] = []
         wait = int(cfg.khugepaged_timeout_s)
-        scan = run_mmops(guest, "khugepaged", ["map:B:4M:nothp", "cold:B:0:4M", "touch:B:1M:64K",
+        scan = run_mmops(guest, "khugepaged", ["cpu:0", "map:B:4M:nothp", "cold:B:0:4M", "touch:B:1M:64K",
                                                f"khugepaged:B:{wait}", "verify:B"], timeout=wait + 60)
         found, judgement = judge_run(scan, ctx.features, ctx.out_dir)
         findings += found
