@@ -317,8 +317,8 @@ def expect_cold(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
         if f.invalidate_range and [(r.start, r.end) for r in flushes] != hull:
             expected = (f"invalidate_range [{hull[0][0]:#x}, {hull[0][1]:#x}): the hull of the {len(young)} "
                         f"young PTEs made old" if hull else "no flush: no PTE in the range was young")
-            findings.append(_finding("cold", op, f"MADV_COLD's TLB flush does not cover exactly the PTEs it had "
-                                     f"to make old", flushes[0] if flushes else None, records, expected=expected,
+            findings.append(_finding("cold", op, "MADV_COLD's TLB flush does not cover exactly the PTEs it had "
+                                     "to make old", flushes[0] if flushes else None, records, expected=expected,
                                      observed="; ".join(r.describe() for r in flushes) or "no invalidate_range"))
         return findings
 
