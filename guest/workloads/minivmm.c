@@ -3,7 +3,6 @@
  * minivmm: a tiny KVM VMM the harness drives over one SSH channel.
  *
  *   minivmm [--corrupt skip-clear|flip-bit]
- *   minivmm --keeper                        hold a VM until killed (see keeper())
  *
  * One JSON object per line on stdin, one JSON object per line on stdout:
  *
@@ -683,45 +682,18 @@ static void serve(const char *line)
 	finish();
 }
 
-/*
- * minivmm --keeper: hold one VM with one vCPU until killed.  Every VM raises
- * the scheduler's preempt_notifier_key (and a vCPU without an in-kernel APIC
- * kvm_has_noapic_vcpu) while it exists; the first VM and the last one patch
- * kernel text (int3 + text_poke).  Under multi-threaded TCG a vCPU can then
- * run a stale translation of the patched code and take an int3 the kernel no
- * longer expects: an Oops in __schedule that is the emulator's, not the
- * kernel's.  The harness starts one keeper per boot, so the VMs it creates
- * never move these keys.  The keeper is its own process: its VM's notifier
- * sits on the keeper's mm, not on the VMM's.
- */
-static int keeper(void)
-{
-	int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC), fd = -1;
-
-	if (kvm >= 0)
-		fd = ioctl(kvm, KVM_CREATE_VM, 0);
-	if (fd < 0 || ioctl(fd, KVM_CREATE_VCPU, 0) < 0) {
-		perror("minivmm --keeper");
-		return 1;
-	}
-	for (;;)
-		pause();
-}
-
 int main(int argc, char **argv)
 {
 	static char line[1 << 20];
 	struct sigaction sa = { .sa_handler = on_alarm };	/* no SA_RESTART: KVM_RUN returns EINTR */
 
-	if (argc == 2 && !strcmp(argv[1], "--keeper"))
-		return keeper();
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--corrupt") && i + 1 < argc && !strcmp(argv[i + 1], "skip-clear"))
 			corrupt = CORRUPT_SKIP_CLEAR, i++;
 		else if (!strcmp(argv[i], "--corrupt") && i + 1 < argc && !strcmp(argv[i + 1], "flip-bit"))
 			corrupt = CORRUPT_FLIP_BIT, i++;
 		else {
-			printf("{\"op\": \"\", \"error\": \"usage: minivmm [--corrupt skip-clear|flip-bit] | --keeper\"}\n");
+			printf("{\"op\": \"\", \"error\": \"usage: minivmm [--corrupt skip-clear|flip-bit]\"}\n");
 			return 2;
 		}
 	}

@@ -41,28 +41,11 @@ def load_kvm(guest: Guest) -> tuple[Optional[str], Optional[str]]:
 
 
 def prepare_kvm(guest: Guest) -> Optional[str]:
-    """Load KVM and start the boot's keeper VM; the reason the guest cannot be a KVM host, or None."""
+    """Load KVM; the reason the guest cannot be a KVM host, or None."""
     module, problem = load_kvm(guest)
     if module is None:
         return f"the guest CPU shows neither svm nor vmx under {guest.accel}: no KVM inside the guest"
-    if problem:
-        return problem
-    start_keeper(guest)
-    return None
-
-
-KEEPER_PID = "/run/nh-kvm-keeper.pid"
-
-
-def start_keeper(guest: Guest) -> None:
-    """One `minivmm --keeper` per boot: a VM that outlives every VM a scenario makes, so creating
-    and destroying those never patches kernel text (see keeper() in minivmm.c)."""
-    script = (f'if [ -s {KEEPER_PID} ] && kill -0 "$(cat {KEEPER_PID})" 2>/dev/null; then exit 0; fi; '
-              f'setsid {VMM} --keeper </dev/null >/dev/null 2>/tmp/nh-kvm-keeper.err & echo $! > {KEEPER_PID}; '
-              f'sleep 0.2; kill -0 $! 2>/dev/null || {{ cat /tmp/nh-kvm-keeper.err; exit 1; }}')
-    result = guest.run(["sh", "-c", script])
-    if not result.ok:
-        raise GuestError(f"the KVM keeper VM could not be started: {(result.stdout or result.stderr).strip()}")
+    return problem
 
 
 class Vmm:

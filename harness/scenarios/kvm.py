@@ -207,9 +207,9 @@ class KvmOom(NeedsKvm):
         if memcg.max_bytes is not None and current >= memcg.max_bytes:
             findings.append(f"the memcg still charges {current} bytes after the VMM died")
         releases = [r for r in obs.records if r.callback == Callback.RELEASE]
-        # The boot's keeper VM outlives the scenario, so every release and destroy seen here is the
-        # VMM's one VM.  Not filtered by pid: the task that drops the mm last runs them, and on 6.12
-        # that can be the VM's kvm-nx-lpage-recovery worker rather than the VMM's main thread.
+        # The VMM's VM is the only one in the guest, so every release and destroy seen here is its.
+        # Not filtered by pid: the task that drops the mm last runs them, and on 6.12 that can be
+        # the VM's kvm-nx-lpage-recovery worker rather than the VMM's main thread.
         kvm_release = [e for e in obs.events if e.name == "kvm_release"]
         destroyed = [e for e in obs.events if e.name == "kvm_destroy"]
         if not releases:
