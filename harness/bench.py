@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.artifacts.cache import cache_root
-from harness.artifacts.guest_build import GUEST_BIN
+from harness.artifacts.guest_build import MMOPS, NHCTL
 from harness.artifacts.initramfs import build_floor_initramfs
 from harness.artifacts.prepare import prepare
 from harness.config import Config
@@ -57,12 +57,11 @@ def _loop_ns(guest: Guest, argv: list[str]) -> int:
 def probe_overhead(guest: Guest, repeats: int) -> tuple[list[int], list[int]]:
     """The same munmap/fault loop without and with the probe attached, interleaved."""
     load_probe(guest)
-    mmops = f"{GUEST_BIN}/mmops"
     bare, probed = [], []
     for _ in range(repeats):
-        bare.append(_loop_ns(guest, [mmops, "--no-probe", f"loop:{LOOP}"]))
-        probed.append(_loop_ns(guest, [f"{GUEST_BIN}/nhctl", "run", "--events", "/tmp/bench-events.bin", "--",
-                                       mmops, f"loop:{LOOP}"]))
+        bare.append(_loop_ns(guest, [MMOPS, "--no-probe", f"loop:{LOOP}"]))
+        probed.append(_loop_ns(guest, [NHCTL, "run", "--events", "/tmp/bench-events.bin", "--",
+                                       MMOPS, f"loop:{LOOP}"]))
     return bare, probed
 
 

@@ -20,6 +20,7 @@ WORKLOADS = ("nhctl", "mmops", "minivmm")
 # Where the guest finds them.
 GUEST_BIN = "/opt/nh/bin"
 GUEST_PROBE = "/opt/nh/nh_probe.ko"
+NHCTL, MMOPS, MINIVMM = (f"{GUEST_BIN}/{w}" for w in WORKLOADS)
 
 
 @dataclass(frozen=True)

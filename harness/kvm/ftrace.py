@@ -9,6 +9,7 @@ release and VM teardown have no tracepoint, so kprobes stand in for them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 from harness.errors import GuestError
 from harness.events import KVM_EVENTS, TraceEvent, parse_overruns, parse_trace
 from harness.guest import Guest

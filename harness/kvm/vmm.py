@@ -13,11 +13,10 @@ import shlex
 from collections import deque
 from typing import Any, Optional, TextIO
 
-from harness.artifacts.guest_build import GUEST_BIN
+from harness.artifacts.guest_build import MINIVMM
 from harness.errors import CommandTimeout, GuestError, HarnessError
 from harness.guest import Guest
 
-VMM = f"{GUEST_BIN}/minivmm"
 KVM_MODULES = {"svm": "kvm_amd", "vmx": "kvm_intel"}
 
 
@@ -58,7 +57,7 @@ class Vmm:
         self.history: deque[str] = deque(maxlen=6)    # the last lines exchanged, for error messages
         self.transcript = transcript                   # every line exchanged, as it happens
         self.last_request = ""
-        argv = [VMM] + (["--corrupt", corrupt] if corrupt != "off" else [])
+        argv = [MINIVMM] + (["--corrupt", corrupt] if corrupt != "off" else [])
         command = " ".join(shlex.quote(a) for a in argv)
         if cgroup:
             command = f"echo $$ > {shlex.quote(cgroup)}/cgroup.procs && exec {command}"

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import threading
 
-from harness.artifacts.guest_build import GUEST_BIN
+from harness.artifacts.guest_build import NHCTL
 from harness.errors import GuestError
 from harness.scenarios.base import ScenarioContext
 from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
-NHCTL = f"{GUEST_BIN}/nhctl"
 
 # In-guest faults: the command, and the settings that make the kernel notice within seconds.
 GUEST = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.artifacts.guest_build import GUEST_BIN, GUEST_PROBE
+from harness.artifacts.guest_build import GUEST_PROBE, MMOPS, NHCTL
 from harness.errors import GuestError
 from harness.events import ABI_VERSION, RECORD_SIZE, Record, parse_records
 from harness.guest import Guest
@@ -59,7 +59,7 @@ def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[s
               timeout: float = 120.0, killed_by: int = 0) -> WorkloadRun:
     """Run mmops under the probe.  `killed_by`: the signal the workload is meant to die of (the OOM
     killer's SIGKILL); any other ending is an error carrying the workload's last words."""
-    argv = [f"{GUEST_BIN}/nhctl", "run", "--events", EVENTS_FILE, *attach, "--", f"{GUEST_BIN}/mmops", *script]
+    argv = [NHCTL, "run", "--events", EVENTS_FILE, *attach, "--", MMOPS, *script]
     result = guest.run(argv, timeout=timeout)
     lines = []
     for raw in result.stdout.splitlines():
@@ -112,8 +112,7 @@ def stream_problems(name: str, stats: dict[str, Any], records: list[Record]) -> 
 def detach_and_drain(guest: Guest) -> tuple[dict[str, Any], list[Record]]:
     """Detach the probe (attached with `nhctl attach`), drain its ring, and read its counters after
     the drain, in one round trip: the counters' JSON line, then the raw records."""
-    nhctl = f"{GUEST_BIN}/nhctl"
-    out = guest.run(["sh", "-c", f"{nhctl} detach; {nhctl} read > {EVENTS_FILE} && {nhctl} stats && "
+    out = guest.run(["sh", "-c", f"{NHCTL} detach; {NHCTL} read > {EVENTS_FILE} && {NHCTL} stats && "
                                  f"cat {EVENTS_FILE}"])
     if not out.ok:
         raise GuestError(f"draining the probe failed: {(out.stderr or out.stdout).strip()[:300]}")
