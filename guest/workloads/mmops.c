@@ -512,15 +512,19 @@ static void op_ksm(char **f, int n)
 static void op_ksmd(char **f, int n)
 {
 	long scans0, scans, merging, timeout_s = n > 2 ? strtol(f[2], NULL, 0) : 30;
+	uint64_t t0, t1;
 	int pid;
 
 	if (n < 2)
 		fail("ksmd", "usage ksmd:PID[:TIMEOUT_S]", 0);
 	pid = atoi(f[1]);
+	t0 = now_ns();
 	scans = run_ksmd("ksmd", timeout_s, &scans0);
+	t1 = now_ns();
 	merging = read_long(merging_path(pid));
 	printf("{\"op\": \"ksmd\", \"pid\": %d, \"full_scans\": %ld, \"full_scans_before\": %ld, "
-	       "\"merging_pages\": %ld}\n", pid, scans, scans0, merging);
+	       "\"merging_pages\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", pid, scans, scans0, merging,
+	       t0, t1);
 	if (scans < scans0 + 2)
 		fail("ksmd", "ksmd did not complete two full scans in time (see full_scans)", 0);
 }

@@ -13,14 +13,15 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from harness.artifacts.guest_build import GUEST_BIN
-from harness.errors import GuestError
+from harness.artifacts.guest_build import MMOPS, NHCTL
+from harness.errors import GuestError, HarnessError
 from harness.events import Callback, Record, TraceEvent
 from harness.guest import Guest
 from harness.kvm.ftrace import KPROBES, KvmTrace
 from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import expected_values_problem
 from harness.model.kvm_notifier import cross_check
+from harness.model.ops import Op, parse_ops
 from harness.scenarios.base import NeedsKvm, ScenarioContext
 from harness.scenarios.memcg import Memcg
 from harness.scenarios.probe import detach_and_drain, load_probe, stream_problems
@@ -28,7 +29,6 @@ from harness.verdict import Verdict
 
 PAGE = 4096
 HUGE_PAGES = 512
-NHCTL = f"{GUEST_BIN}/nhctl"
 
 
 @dataclass
@@ -46,15 +46,15 @@ def observe(guest: Guest, pid: int, action: Callable[[], None], until: Optional[
     attachment, so KVM may have seen more at the ends, never less."""
     trace = KvmTrace(guest)
     trace.start()
-    attached = False
     try:
         guest.check([NHCTL, "attach", str(pid)])
-        attached = True
-        action()
-        if until:
-            trace.wait_for(until, timeout=10)
+        try:
+            action()
+            if until:
+                trace.wait_for(until, timeout=10)
+        finally:
+            stats, records = detach_and_drain(guest)
     finally:
-        stats, records = detach_and_drain(guest) if attached else ({"dropped": 0, "read": 0}, [])
         events = trace.stop()
     return Observation(records, events, stats, trace.overruns, trace.kprobes)
 
@@ -146,37 +146,41 @@ class KvmKsm(NeedsKvm):
         npages, value, written, new = cfg.ksm_pages, 0x5A5A5A5A, 3, 0x77
         pages = list(range(npages))
         findings: list[str] = []
-        merged: dict[str, int] = {}
+        merged: list[Op] = []
         with Vmm(ctx.guest) as vmm:
             created = vmm.call("create", pages=npages, flags=0, thp="never", mergeable=1)
             vmm.call("write", pages=pages, value=value)
 
             def merge_and_write() -> None:
-                merged.update(self._merge(ctx.guest, vmm.pid, cfg.ksm_timeout_s))
+                merged.append(self._merge(ctx.guest, vmm.pid, cfg.ksm_timeout_s))
                 findings.extend(_read_check(vmm, pages, [value] * npages, "after ksmd merged the pages"))
                 vmm.call("write", pages=[written], value=new)
                 findings.extend(_read_check(vmm, pages, [new if p == written else value for p in pages],
                                             f"after the L2 wrote page {written}"))
 
             obs = observe(ctx.guest, vmm.pid, merge_and_write)
-        if not merged.get("merging"):
+        ksmd = merged[0]
+        if ksmd.merging_pages < 1:
             findings.append(f"ksmd merged none of the {npages} identical pages in {cfg.ksm_timeout_s:.0f} s "
-                            f"(full_scans {merged.get('scans_before')} -> {merged.get('scans')})")
+                            f"(full_scans {ksmd.full_scans_before} -> {ksmd.full_scans})")
         need = ("unmap", "set_spte") if ctx.features.kvm_set_spte_hva else ("unmap",)
         cross, notes = judge_observation(ctx, obs, _slot(created), need=need)
-        notes.insert(0, f"ksm_merging_pages {merged.get('merging')} of {npages}, full_scans "
-                        f"{merged.get('scans_before')} -> {merged.get('scans')}")
+        notes.insert(0, f"ksm_merging_pages {ksmd.merging_pages} of {npages}, full_scans "
+                        f"{ksmd.full_scans_before} -> {ksmd.full_scans}")
         return Verdict.from_findings(findings + cross, notes)
 
     @staticmethod
-    def _merge(guest: Guest, pid: int, timeout: float) -> dict[str, int]:
+    def _merge(guest: Guest, pid: int, timeout: float) -> Op:
         """mmops's ksmd run (ksmd fast until two full scans have passed, then stopped) for the VMM."""
-        out = guest.check([f"{GUEST_BIN}/mmops", "--no-probe", f"ksmd:{pid}:{int(timeout)}"], timeout=timeout + 30)
-        line = next((json.loads(l) for l in out.splitlines() if '"ksmd"' in l), None)
-        if line is None or "error" in line:
-            raise GuestError(f"running ksmd for the VMM failed: {out.strip()[-300:]}")
-        return {"scans_before": line["full_scans_before"], "scans": line["full_scans"],
-                "merging": line["merging_pages"]}
+        result = guest.run([MMOPS, "--no-probe", f"ksmd:{pid}:{int(timeout)}"], timeout=timeout + 30)
+        said = (result.stderr or result.stdout).strip()[-300:]
+        try:
+            _, ops = parse_ops([json.loads(line) for line in result.stdout.splitlines()])
+        except (ValueError, HarnessError) as e:     # not JSON, or mmops's own error line
+            raise GuestError(f"running ksmd for the VMM failed: {e}") from None
+        if not result.ok or not ops or ops[0].kind != "ksmd":
+            raise GuestError(f"running ksmd for the VMM failed: {said}")
+        return ops[0]
 
 
 class KvmOom(NeedsKvm):
