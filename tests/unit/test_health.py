@@ -1,6 +1,7 @@
 """What the runner makes of the kernel's health around a scenario, and of a full run directory."""
 
 import errno
+import threading
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -77,7 +78,6 @@ class _Exited:
 
 class _Console:
     def __init__(self, panic_line: str):
-        import threading
         self.panicked = threading.Event()
         self.panic_line = panic_line
         if panic_line:
