@@ -82,10 +82,11 @@ class Vmm:
         return error
 
     def _answer(self, op: str, timeout: Optional[float] = None) -> dict[str, Any]:
+        wait = timeout or self.timeout
         try:
-            line = self.proc.read_line(self.guest.timeout_for(timeout or self.timeout))
+            line = self.proc.read_line(self.guest.timeout_for(wait))
         except CommandTimeout:
-            raise self._fail(f"gave no answer to {op!r} in {timeout or self.timeout:.0f} s") from None
+            raise self._fail(f"gave no answer to {op!r} in {wait:.0f} s") from None
         if line is None:
             self.exit_status = self.proc.close(timeout=2)
             raise self._fail(f"exited (status {self.exit_status}) instead of answering {op!r}")
