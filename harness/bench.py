@@ -22,13 +22,15 @@ from typing import Any, Callable
 from harness.artifacts.cache import cache_root
 from harness.artifacts.guest_build import MMOPS, NHCTL
 from harness.artifacts.initramfs import build_floor_initramfs
-from harness.artifacts.prepare import prepare
+from harness.artifacts.prepare import Prepared, prepare
 from harness.config import Config
 from harness.errors import MachineError
 from harness.guest import Guest
+from harness.guest_data import only, parse_json_lines
+from harness.model.ops import parse_ops
 from harness.runner import Run, new_run_dir
 from harness.scenarios.probe import load_probe
-from harness.vm.accel import choose_accel, probe_host
+from harness.vm.accel import AccelChoice, choose_accel, probe_host
 from harness.vm.machine import Machine, free_port
 from harness.vm.qemu_args import QemuPlan, qemu_argv
 from harness.vm.ssh import make_run_key
@@ -49,9 +51,11 @@ LOOP = 2000   # iterations of mmap 64 KiB, touch, munmap
 
 
 def _loop_ns(guest: Guest, argv: list[str]) -> int:
-    lines = [json.loads(l) for l in guest.check(argv).splitlines()]
-    loop = next(l for l in lines if l.get("op") == "loop")
-    return int(loop["t1"]) - int(loop["t0"])
+    """The loop operation's time, from mmops's output (nhctl's counters line after it, if run under it)."""
+    source = "bench: mmops"
+    _, ops = parse_ops(parse_json_lines(guest.check(argv), source), source=source)
+    loop = only([op for op in ops if op.kind == "loop"], "loop operation", source)
+    return loop.t1 - loop.t0
 
 
 def probe_overhead(guest: Guest, repeats: int) -> tuple[list[int], list[int]]:
@@ -87,6 +91,25 @@ def dirty_log_rates(config: Config, repeats: int, out: Path) -> dict[str, dict[s
     return rates
 
 
+# A guest that floods its console without a pause, then prints as much to its SSH channel.
+FLOOD_MIB = 200
+FLOOD = (f"yes 'notifier-harness bench: console flood, no pauses' | head -c {FLOOD_MIB << 20} > /dev/ttyS0; "
+         f"head -c {FLOOD_MIB << 20} /dev/zero")
+
+
+def flood_peak_rss_mib(prepared: Prepared, config: Config, accel: AccelChoice, out: Path,
+                       log: Callable[[str], None]) -> tuple[float, float]:
+    """(this process's peak RSS in MiB, seconds) after a guest flooded its console and a command's
+    output with FLOOD_MIB MiB each: what a hostile guest costs the host.  Run first, so the peak is
+    the flood's and not a later step's (QEMU's memory is its own process's, not counted)."""
+    start = time.monotonic()
+    with Machine(prepared.image, config.machine, accel, out, log=log) as m:
+        result = m.ssh.run(FLOOD, timeout=600)
+        if not result.ok:
+            raise MachineError(f"the flood command failed ({result.exit_status}): {result.stderr[-300:]}")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.monotonic() - start
+
+
 def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     cache = cache_root()
     accel = choose_accel(config.machine.accel, probe_host())
@@ -95,6 +118,9 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     log(f"bench: accel {accel.accel} ({accel.reason}); {repeats} boots per figure; {out}")
     floor_initrd = build_floor_initramfs(cache)
     _, pub = make_run_key()
+    log(f"bench: console and output flood of {FLOOD_MIB} MiB each ({config.kernels[0].text})")
+    first = prepare(config.kernels[0], cache)
+    flood_rss, flood_s = flood_peak_rss_mib(first, config, accel, out / "flood" / first.kernel.release, log)
     figures: dict[str, dict[str, Any]] = {}
     for spec in config.kernels:
         prepared = prepare(spec, cache)
@@ -147,7 +173,10 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     verdicts = ", ".join(f"{r.kernel}/{r.scenario}={r.verdict}" for r in results)
     log(f"suite ({len(results)} scenario runs incl. boots): {suite_s:.1f} s wall [{verdicts}]")
     log(f"harness process peak RSS: {rss_mib:.0f} MiB")
+    log(f"harness peak RSS under a {FLOOD_MIB} MiB console flood and a {FLOOD_MIB} MiB command output: "
+        f"{flood_rss:.0f} MiB ({flood_s:.0f} s)")
     (out / "bench.json").write_text(json.dumps({"accel": accel.accel, "repeats": repeats, "kernels": figures,
-                                                "dirty_log": rates, "suite_s": suite_s, "peak_rss_mib": rss_mib}, indent=2) + "\n")
+                                                "dirty_log": rates, "suite_s": suite_s, "peak_rss_mib": rss_mib,
+                                                "flood_peak_rss_mib": flood_rss, "flood_s": flood_s}, indent=2) + "\n")
     log(f"bench: {out / 'bench.json'}")
     return 0

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from harness.config import ACCELERATORS, Config, load_config, with_overrides
 from harness.errors import HarnessError
+from harness.printable import printable
 from harness.scenarios import SCENARIOS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,13 +23,14 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
 
 
 def _log(message: str) -> None:
-    # On a terminal the live progress line is erased first; CI logs get plain lines.
-    print(("\x1b[2K" if sys.stdout.isatty() else "") + message, flush=True)
+    # On a terminal the live progress line is erased first; CI logs get plain lines.  The message may
+    # quote the guest: its control characters are shown, never sent to the terminal.
+    print(("\x1b[2K" if sys.stdout.isatty() else "") + printable(message), flush=True)
 
 
 def _progress(line: str) -> None:
     if sys.stdout.isatty():
-        print(f"\x1b[2KRUN   {line} ...", end="\r", flush=True)
+        print(f"\x1b[2KRUN   {printable(line)} ...", end="\r", flush=True)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -73,15 +75,19 @@ def cmd_repro(args: argparse.Namespace) -> int:
                           f"or RUN_DIR/SCENARIO with RUN_DIR/results.json")
     run = load_run(run_dir)
     config = run.config(known_scenarios=SCENARIOS)
-    kernels = {k.get("release"): k["spec"] for k in run.document["run"].get("kernels", []) if k.get("release")}
+    # A kernel's directory is named by its release, or by its spec when it never resolved.
+    kernels = {release_dir(k.get("release") or k["spec"]): k["spec"] for k in run.document["run"].get("kernels", [])}
     if target.parent == run_dir:          # RUN_DIR/SCENARIO: every kernel of the run
         leaf, specs = target.name, list(config.kernels)
     else:
         leaf = target.name
-        spec_text = next((s for rel, s in kernels.items() if release_dir(rel) == target.parent.name), None)
+        spec_text = kernels.get(target.parent.name)
         if spec_text is None:
             raise RunDirError(f"{target.parent.name} is not a kernel of the run in {run_dir}")
         specs = [k for k in config.kernels if k.text == spec_text]
+        if not specs:
+            raise RunDirError(f"kernel {spec_text} of {run_dir / 'results.json'} is not in its config.json "
+                              f"(kernels: {', '.join(k.text for k in config.kernels)})")
     slots = {name: sc for sc, name in scenario_slots(config)}
     if leaf not in slots:
         raise RunDirError(f"{leaf} is not a scenario of the run in {run_dir} (it has: {', '.join(slots)})")
@@ -103,7 +109,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = load_run(Path(args.run_a)), load_run(Path(args.run_b))
     result = compare(a, b)
-    print(format_comparison(result, args.run_a, args.run_b))
+    print(printable(format_comparison(result, args.run_a, args.run_b)))
     return 1 if result.regressed else 0
 
 
@@ -127,6 +133,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
             result = machine.ssh.run(args.command, timeout=args.timeout)
             sys.stdout.write(result.stdout)
             sys.stderr.write(result.stderr)
+            if result.dropped:
+                _log(f"notifier-harness: the command printed {result.dropped} bytes more than the harness keeps")
             return result.exit_status
         _log("shell on the guest; exit it to power the guest off")
         return machine.ssh.interactive()
@@ -209,30 +217,40 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (a CI job cancelled, `kill`): unwound like Ctrl-C, so QEMU, which runs in a session
-    of its own and never sees the signal, is shut down and nothing is left behind."""
+    """SIGTERM (a CI job cancelled, `kill`) or SIGHUP (the terminal or the ssh session closed):
+    unwound like Ctrl-C, so QEMU, which runs in a session of its own and never sees the signal, is
+    shut down and nothing is left behind."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _terminate(signum: int, frame: object) -> None:
-    raise Terminated()
+    raise Terminated(signum)
+
+
+UNWIND_ON = (signal.SIGTERM, signal.SIGHUP)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous = {signum: signal.signal(signum, _terminate) for signum in UNWIND_ON}
     try:
         return int(args.func(args))
     except HarnessError as e:
-        print(f"notifier-harness: error: {e}", file=sys.stderr)
+        print(f"notifier-harness: error: {printable(str(e))}", file=sys.stderr)
         return 2
-    except Terminated:
-        print("notifier-harness: terminated; the guest was shut down", file=sys.stderr)
-        return 128 + signal.SIGTERM
+    except Terminated as e:
+        print(f"notifier-harness: terminated by {signal.Signals(e.signum).name}; the guest was shut down",
+              file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("notifier-harness: interrupted; the guest was shut down", file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -44,12 +44,12 @@ class Change:
 class Comparison:
     changes: list[Change]
     unchanged: int
-    only_a: list[str]
-    only_b: list[str]
+    only_a: list[str]      # rows B lacks: B stopped early or ran less, so it regressed
+    only_b: list[str]      # rows only B has: new, nothing to compare them with
 
     @property
     def regressed(self) -> bool:
-        return any(c.regressed for c in self.changes)
+        return bool(self.only_a) or any(c.regressed for c in self.changes)
 
 
 def _rows(run: RunDir) -> dict[tuple[int, str], dict[str, Any]]:
@@ -95,7 +95,8 @@ def format_comparison(c: Comparison, name_a: str, name_b: str) -> str:
         lines += [f"    - {f}" for f in ch.vanished]
     if c.changes:
         lines.append(f"{len(c.changes)} changed, {c.unchanged} unchanged")
-    for side, only in (("A", c.only_a), ("B", c.only_b)):
-        if only:
-            lines.append(f"only in {side} (not compared): " + ", ".join(only))
+    if c.only_a:
+        lines.append(f"MISSING in B ({len(c.only_a)}, a regression: B did not run them): " + ", ".join(c.only_a))
+    if c.only_b:
+        lines.append("only in B (not compared): " + ", ".join(c.only_b))
     return "\n".join(lines)

@@ -38,7 +38,7 @@ class MachineConfig:
 
 PROBE_CORRUPTIONS = ("off", "drop-end", "shrink-range")
 VMM_CORRUPTIONS = ("off", "skip-clear", "flip-bit")
-FAULTS = ("none", "panic", "warn", "oops", "lockup", "hung-task", "hang", "qemu-stop", "qemu-kill", "ssh-cut")
+FAULTS = ("none", "panic", "warn", "oops", "oops-locked", "lockup", "hung-task", "hang", "qemu-stop", "qemu-kill", "ssh-cut")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ MAX_LINES = 80
 @dataclass(frozen=True)
 class Report:
     kind: str       # panic, oops, bug, warning, gpf, kasan, kfence, ubsan, lockdep, rcu-stall, hung-task,
-                    # soft-lockup, mm
+                    # soft-lockup, hard-lockup, mm (what each means for the guest: harness/health.py)
     title: str
     text: str
     line: int       # where it starts in the slice (0-based)
@@ -61,6 +61,7 @@ _RULES: list[tuple[str, re.Pattern[str], Callable[[re.Match[str], list[str]], st
     ("kfence", re.compile(r"BUG: KFENCE: ([\w -]+?) in ([\w.]+)"), _group("KFENCE: {} in {}")),
     ("ubsan", re.compile(r"UBSAN: ([\w-]+) in (\S+)"), _group("UBSAN: {} in {}")),
     ("soft-lockup", re.compile(r"BUG: soft lockup - CPU#\d+ stuck for \d+s!"), _in("BUG: soft lockup")),
+    ("hard-lockup", re.compile(r"Watchdog detected hard LOCKUP on cpu (\d+)"), _group("hard LOCKUP on cpu {}")),
     # check_mm() printed nr_ptes without "BUG: " before it became pgtables_bytes.
     ("mm", re.compile(r"(?:BUG: )?(Bad rss-counter state|Bad page map|Bad page state|"
                       r"non-zero (?:pgtables_bytes|nr_ptes) on freeing mm)"), _group("BUG: {}")),

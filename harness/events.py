@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Optional
 
-from harness.errors import GuestError
+from harness.guest_data import PID_MAX, GuestDataError, parse_int
 
 ABI_VERSION = 1
 
@@ -106,10 +106,12 @@ class Record:
         return f"#{self.seq} {what} pid {self.pid}{who}"
 
 
-def parse_records(data: bytes) -> list[Record]:
+def parse_records(data: bytes, source: str = "probe event stream") -> list[Record]:
+    """The probe's raw records.  Every field is a fixed-size integer, so only the length and the
+    enum values can be wrong."""
     if len(data) % RECORD_SIZE:
-        raise GuestError(f"probe event stream is {len(data)} bytes, not a multiple of the "
-                         f"{RECORD_SIZE}-byte record: module and harness disagree on the layout")
+        raise GuestDataError(source, f"{len(data)} bytes, not a multiple of the {RECORD_SIZE}-byte record: "
+                                     f"module and harness disagree on the layout")
     records = []
     for fields in RECORD.iter_unpack(data):
         raw = dict(zip((name for name, _ in RECORD_FIELDS), fields))
@@ -118,7 +120,7 @@ def parse_records(data: bytes) -> list[Record]:
             subscriber = Subscriber(raw["subscriber"])
             event = Event(raw["event"]) if raw["event"] else None
         except ValueError as e:
-            raise GuestError(f"probe record #{raw['seq']} is malformed ({e}): layout mismatch?") from None
+            raise GuestDataError(source, f"record #{raw['seq']} is malformed ({e}): layout mismatch?") from None
         records.append(Record(seq=raw["seq"], time_ns=raw["time_ns"], start=raw["start"], end=raw["end"],
                               callback=callback, event=event, blockable=bool(raw["flags"] & REC_BLOCKABLE),
                               failed=bool(raw["flags"] & REC_FAILED), ret=raw["ret"], cpu=raw["cpu"],
@@ -131,8 +133,11 @@ def parse_records(data: bytes) -> list[Record]:
 KVM_EVENTS = ("kvm_unmap_hva_range", "kvm_age_hva", "kvm_test_age_hva", "kvm_set_spte_hva")
 
 _LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-                   r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s*(?P<msg>.*)$")
+                   r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s*(?P<msg>.*)$", re.ASCII)
 _HEX = re.compile(r"0x[0-9a-fA-F]+")
+# The ring's note that it overwrote events; the per-CPU overrun counts report the loss.
+_LOST = re.compile(r"CPU:\d+ \[LOST \d+ EVENTS\]", re.ASCII)
+MAX_CPUS = 8192
 
 
 @dataclass(frozen=True)
@@ -150,24 +155,36 @@ class TraceEvent:
         return f"{self.time_s:.6f} {self.comm}-{self.pid} cpu{self.cpu} {self.name} {where}".rstrip()
 
 
-def parse_trace(text: str) -> list[TraceEvent]:
-    """The `trace` file's event lines; comments and other lines are skipped."""
+def parse_trace(text: str, source: str = "ftrace trace") -> list[TraceEvent]:
+    """The `trace` file's events.  Its header and markers (`#`), blank lines and lost-event notes
+    are skipped; any other line is an error, since an event the parser missed would look to the
+    cross-check like a call KVM never saw."""
     events = []
     for line in text.splitlines():
-        if line.startswith("#"):
+        if not line.strip() or line.startswith("#") or _LOST.fullmatch(line.strip()):
             continue
         m = _LINE.match(line)
         if not m:
-            continue
-        name = m["event"]
-        numbers = [int(x, 16) for x in _HEX.findall(m["msg"])] if name in KVM_EVENTS else []
-        start = numbers[0] if numbers else 0
-        end = numbers[1] if len(numbers) > 1 and name in ("kvm_unmap_hva_range", "kvm_age_hva") else 0
-        events.append(TraceEvent(pid=int(m["pid"]), comm=m["comm"].strip(), cpu=int(m["cpu"]),
-                                 time_s=float(m["ts"]), name=name, start=start, end=end))
+            raise GuestDataError(source, "not a trace event line", line)
+        events.append(_trace_event(m, source))
     return events
 
 
-def parse_overruns(stats: str) -> int:
-    """Events lost to a full ring buffer, summed over the per-CPU `stats` files."""
-    return sum(int(line.split(":")[1]) for line in stats.splitlines() if line.startswith("overrun:"))
+def _trace_event(m: re.Match[str], source: str) -> TraceEvent:
+    name = m["event"]
+    numbers = [parse_int(x, source, base=16) for x in _HEX.findall(m["msg"])] if name in KVM_EVENTS else []
+    start = numbers[0] if numbers else 0
+    end = numbers[1] if len(numbers) > 1 and name in ("kvm_unmap_hva_range", "kvm_age_hva") else 0
+    return TraceEvent(pid=parse_int(m["pid"], source, lo=0, hi=PID_MAX), comm=m["comm"].strip(),
+                      cpu=parse_int(m["cpu"], source, lo=0, hi=MAX_CPUS), time_s=float(m["ts"]), name=name,
+                      start=start, end=end)
+
+
+def parse_overruns(stats: str, source: str = "ftrace per-CPU stats") -> int:
+    """Events lost to a full ring buffer, summed over the per-CPU `stats` files (one `overrun:` line
+    each; none at all means the files were not read)."""
+    counts = [parse_int(line.partition(":")[2], source, lo=0)
+              for line in stats.splitlines() if line.startswith("overrun:")]
+    if not counts:
+        raise GuestDataError(source, "no 'overrun:' line", stats)
+    return sum(counts)

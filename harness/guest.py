@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence, Union
 
 from harness.errors import CommandTimeout, GuestError
 from harness.vm.accel import read_cpu_flags
-from harness.vm.ssh import CommandResult, SshSession
+from harness.vm.ssh import OUTPUT_LIMIT, CommandResult, SshSession
 
 
 @dataclass
@@ -20,6 +20,8 @@ class Guest:
     ssh: SshSession
     release: str          # the release the harness booted
     accel: str
+    # The guest's RAM: no workload of ours maps more, so the model refuses larger ranges.
+    memory_mib: int = 2048
     # The running scenario's time limit: no command may outlive it.
     deadline: Optional[float] = None
     budget_s: float = 0.0
@@ -40,8 +42,13 @@ class Guest:
         return min(wanted, left)
 
     def run(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> CommandResult:
-        """Run and return the result whatever its exit status."""
-        return self.ssh.run(argv, timeout=self.timeout_for(timeout), watch=self.watch)
+        """Run and return the result whatever its exit status; an output flood is an error (what is
+        kept of it would be parsed as if it were whole)."""
+        result = self.ssh.run(argv, timeout=self.timeout_for(timeout), watch=self.watch)
+        if result.dropped:
+            raise GuestError(f"guest command printed more than the harness keeps ({result.dropped} bytes "
+                             f"dropped past {OUTPUT_LIMIT >> 20} MiB): {result.argv[:200]}")
+        return result
 
     def check(self, argv: Union[str, Sequence[str]], timeout: float = 60.0) -> str:
         """Run, insist on exit 0, return stdout."""

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from harness.printable import printable
 from harness.verdict import Result
 
 RESULTS_SCHEMA = "notifier-harness/results/1"
@@ -24,11 +25,6 @@ def results_document(results: Sequence[Result], run: dict[str, Any]) -> dict[str
     return {"schema": RESULTS_SCHEMA, "run": run, "results": [r.to_json() for r in results]}
 
 
-def _xml_text(text: str) -> str:
-    """XML 1.0 cannot carry most control characters; a kernel console may print them."""
-    return "".join(c if c in "\n\t" or c >= " " else "?" for c in text)
-
-
 def junit_xml(results: Sequence[Result], consoles: Optional[Mapping[str, str]] = None) -> str:
     """One test case per kernel x scenario; classname is the kernel release.  A failure carries
     the findings (the kernel's report title first); system-out the scenario's console slice
@@ -38,7 +34,7 @@ def junit_xml(results: Sequence[Result], consoles: Optional[Mapping[str, str]] =
                        errors=str(sum(r.verdict == "error" for r in results)),
                        skipped=str(sum(r.verdict == "skip" for r in results)),
                        time=f"{sum(r.duration_s for r in results):.3f}")
-    for r in results:
+    for r in (r.printable() for r in results):
         case = ET.SubElement(suite, "testcase", classname=r.kernel, name=r.scenario, time=f"{r.duration_s:.3f}")
         first = r.findings[0] if r.findings else ""
         body = "\n".join(r.findings)
@@ -53,7 +49,7 @@ def junit_xml(results: Sequence[Result], consoles: Optional[Mapping[str, str]] =
             out.append(f"artifacts: {r.artifacts}")
         console = (consoles or {}).get(r.artifacts, "")
         if console:
-            out += ["--- console ---", _xml_text(console)]
+            out += ["--- console ---", printable(console)]
         ET.SubElement(case, "system-out").text = "\n".join(out)
     ET.indent(suite)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
@@ -67,7 +63,7 @@ def write_reports(out_dir: Path, results: Sequence[Result], run: dict[str, Any],
 
 def summary_table(results: Sequence[Result]) -> str:
     rows = [("kernel", "scenario", "verdict", "time", "accel", "first finding")]
-    for r in results:
+    for r in (r.printable() for r in results):
         first = r.findings[0] if r.findings else ""
         rows.append((r.kernel, r.scenario, r.verdict.upper(), f"{r.duration_s:.1f}s", r.accel,
                      first if len(first) <= 100 else first[:97] + "..."))

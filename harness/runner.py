@@ -9,6 +9,7 @@ import platform
 import re
 import secrets
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,16 +18,21 @@ from typing import Any, Callable, Optional
 from harness import __version__
 from harness.artifacts.cache import cache_root
 from harness.artifacts.kernel import Kernel
-from harness.artifacts.prepare import prepare
+from harness.artifacts.prepare import Prepared, prepare
 from harness.config import Config, ScenarioConfig
-from harness.console_reports import PROBE_TAINT, Report, classify, taint_letters
+from harness.console_reports import classify
 from harness.errors import CommandTimeout, GuestError, HarnessError, MachineLost, OutputError
 from harness.guest import Guest
+from harness.guest_data import parse_int, quote
+from harness.health import judge_health, reboot_reason
 from harness.kernelspec import KernelSpec
 from harness.model.versions import features_for
+from harness.printable import printable
 from harness.report import write_reports
 from harness.scenarios import SCENARIOS, ScenarioContext
+from harness.scenarios.base import MARK_PREFIX
 from harness.vm.accel import AccelChoice, choose_accel, probe_host
+from harness.vm.console import LOG_LIMIT
 from harness.vm.machine import Machine
 from harness.verdict import Result, Verdict
 
@@ -75,6 +81,9 @@ class Run:
     progress: Log = lambda line: None
     # Called with the machine after its last scenario, before it is shut down (repro --shell).
     on_done: Optional[Callable[[Machine], None]] = None
+    # How a spec becomes bootable and how a machine is made: seams for tests with fake machines.
+    prepare_kernel: Callable[[KernelSpec, Path], Prepared] = prepare
+    machine_factory: Callable[..., Machine] = Machine
 
     def __post_init__(self) -> None:
         self.results: list[Result] = []
@@ -95,6 +104,7 @@ class Run:
                               f"the run stops") from None
 
     def _record(self, result: Result) -> None:
+        result = result.printable()
         self.results.append(result)
         self._write_reports()
         first = f"  {result.findings[0].splitlines()[0]}" if result.findings else ""
@@ -119,17 +129,25 @@ class Run:
 
     def _error_rows(self, label: str, spec: KernelSpec, accel: str, slots: list[tuple[ScenarioConfig, str]],
                     message: str) -> None:
+        """Rows for scenarios that never ran; each gets its directory (with the error), so the repro
+        hint printed for it names a path that exists."""
         for sc, dirname in slots:
+            sdir = self.out_dir / release_dir(label) / dirname
+            try:
+                sdir.mkdir(parents=True, exist_ok=True)
+                (sdir / "error.txt").write_text(printable(message) + "\n")
+            except OSError as e:
+                raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
             self._record(Result(kernel=label, kernel_spec=spec.text, accel=accel, scenario=sc.name,
                                 verdict="error", findings=(message,), duration_s=0.0, seed=self.config.seed,
-                                artifacts=f"{release_dir(label)}/{dirname}"))
+                                artifacts=str(sdir.relative_to(self.out_dir))))
 
     def _run_kernel(self, spec: KernelSpec, accel: AccelChoice) -> None:
         pending = scenario_slots(self.config)
         info: dict[str, Any] = {"spec": spec.text, "boots": 0}
         self.kernels.append(info)
         try:
-            prepared = prepare(spec, cache_root())
+            prepared = self.prepare_kernel(spec, cache_root())
         except HarnessError as e:
             self.log(f"kernel {spec.text}: {e}")
             self._error_rows(spec.text, spec, accel.accel, pending, f"kernel {spec.text}: {e}")
@@ -141,9 +159,11 @@ class Run:
                  f"{'built' if initramfs.built else 'cached'} {initramfs.digest[:12]}")
         kdir = self.out_dir / release_dir(kernel.release)
         # One boot serves every scenario; a scenario that loses the machine (panic, hang, QEMU
-        # gone, SSH gone) costs its own row and a fresh boot for the ones after it.
+        # gone, SSH gone) or leaves the kernel unreliable (an Oops, a lockup: harness.health) costs
+        # its own row and a fresh boot for the ones after it.
         while pending:
-            machine = Machine(prepared.image, self.config.machine, accel, kdir, qemu=self.qemu, log=self.log)
+            machine = self.machine_factory(prepared.image, self.config.machine, accel, kdir, qemu=self.qemu,
+                                           log=self.log)
             info["boots"] += 1
             try:
                 with machine:
@@ -153,12 +173,13 @@ class Run:
                     self.log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used})"
                              + (f", boot {info['boots']}" if info["boots"] > 1 else ""))
                     guest = Guest(ssh=machine.ssh, release=kernel.release, accel=machine.accel_used,
-                                  watch=machine.check_health)
+                                  memory_mib=self.config.machine.memory_mib, watch=machine.check_health)
                     while pending:
                         sc, dirname = pending.pop(0)
-                        result, lost = self._run_scenario(sc, kernel, machine, guest, kdir / dirname)
+                        result, after = self._run_scenario(sc, kernel, machine, guest, kdir / dirname)
                         self._record(result)
-                        if lost:
+                        # An unreliable kernel after the last scenario still serves `repro --shell`.
+                        if after == "lost" or (after == "reboot" and pending):
                             machine.shutdown(soft=False)
                             break
                     else:
@@ -174,9 +195,13 @@ class Run:
         self._write_reports()
 
     def _run_scenario(self, sc: ScenarioConfig, kernel: Kernel, machine: Machine, guest: Guest,
-                      sdir: Path) -> tuple[Result, bool]:
-        """The scenario's Result, and whether the machine is lost (and must be rebooted)."""
-        sdir.mkdir(parents=True, exist_ok=True)
+                      sdir: Path) -> tuple[Result, str]:
+        """The scenario's Result, and what becomes of the guest: "keep", "reboot" (its kernel is no
+        longer one to test on) or "lost"."""
+        try:
+            sdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
         console = machine.console
         assert console is not None
         ctx = ScenarioContext(guest=guest, features=features_for(kernel.version), config=sc,
@@ -186,6 +211,7 @@ class Run:
         self.progress(f"{kernel.release} {sc.name}")
         start = time.monotonic()
         offset = machine.console_offset()
+        dropped_before = console.dropped
         lost: Optional[MachineLost] = None
         verdict: Optional[Verdict] = None
         taint_before = taint_after = 0
@@ -196,7 +222,14 @@ class Run:
                 verdict = SCENARIOS[sc.name].run(ctx)
             finally:
                 guest.deadline = None
+            # Host-side work (the model) counts against the scenario's time limit too.
+            spent = time.monotonic() - start
+            if spent > sc.timeout_s + HANG_PROBE_S:
+                verdict = Verdict("error", (f"scenario time limit of {sc.timeout_s:.0f} s exceeded: it took "
+                                            f"{spent:.0f} s, the last of it on the host",), verdict.notes)
             taint_after = self._mark(guest, f"end {sc.name}")
+        except OutputError:
+            raise
         except MachineLost as e:
             lost = machine.account_for(e)
         except CommandTimeout as e:
@@ -208,27 +241,45 @@ class Run:
         except OSError as e:
             # The scenario's own evidence files: a full disk is the run's problem, not the kernel's.
             raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
+        except Exception as e:     # noqa: BLE001 - a harness bug costs its row, not the run
+            (sdir / "traceback.txt").write_text(traceback.format_exc())
+            verdict = Verdict("error", (f"harness bug: {type(e).__name__}: {quote(e, 300)} "
+                                        f"(traceback in {sdir / 'traceback.txt'})",))
         if lost is not None and lost.kind == "panic":
             time.sleep(0.5)    # the panic's trace is still arriving on the console
+        machine.check_output()
         text = machine.read_console(offset)
-        (sdir / "console.log").write_text(text)
+        reports = classify(text)
+        try:
+            (sdir / "console.log").write_text(text)
+            if reports:
+                (sdir / "reports.txt").write_text("\n\n".join(f"[{r.kind}] {r.title}\n{r.text}"
+                                                               for r in reports) + "\n")
+        except OSError as e:
+            raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
         artifacts = str(sdir.relative_to(self.out_dir))
         self.consoles[artifacts] = text[-JUNIT_CONSOLE_BYTES:]
-        reports = classify(text)
-        if reports:
-            (sdir / "reports.txt").write_text("\n\n".join(f"[{r.kind}] {r.title}\n{r.text}" for r in reports) + "\n")
-        verdict = self._judge_health(verdict, lost, reports, taint_before, taint_after)
+        verdict = judge_health(verdict, lost, reports, taint_before, taint_after)
+        notes = list(verdict.notes)
+        if console.dropped > dropped_before:
+            notes.append(f"console flood: {console.dropped - dropped_before} bytes of console output were "
+                         f"not kept (console.log keeps {LOG_LIMIT >> 20} MiB per boot)")
+        why = reboot_reason(reports, taint_after & ~taint_before)
+        after = "lost" if lost is not None else "reboot" if why else "keep"
+        if after == "reboot":
+            notes.append(f"the kernel is not one to test on after this scenario ({why}): the guest is rebooted "
+                         f"before the next one")
         return Result(kernel=kernel.release, kernel_spec=kernel.spec.text, accel=machine.accel_used,
                       scenario=sc.name, verdict=verdict.status, findings=verdict.findings,
-                      duration_s=time.monotonic() - start, seed=self.config.seed, notes=verdict.notes,
-                      reports=tuple(r.title for r in reports), artifacts=artifacts), lost is not None
+                      duration_s=time.monotonic() - start, seed=self.config.seed, notes=tuple(notes),
+                      reports=tuple(r.title for r in reports), artifacts=artifacts), after
 
     @staticmethod
     def _mark(guest: Guest, what: str) -> int:
-        """Write `notifier-harness: WHAT` into the kernel log and read the taint, in one round trip."""
-        out = guest.check(["sh", "-c", 'echo "notifier-harness: $1" > /dev/kmsg && cat /proc/sys/kernel/tainted',
-                           "mark", what], timeout=10)
-        return int(out.strip() or 0)
+        """Write `MARK_PREFIX WHAT` into the kernel log and read the taint, in one round trip."""
+        out = guest.check(["sh", "-c", 'echo "$1 $2" > /dev/kmsg && cat /proc/sys/kernel/tainted',
+                           "mark", MARK_PREFIX, what], timeout=10)
+        return parse_int(out, "/proc/sys/kernel/tainted", lo=0)
 
     def _hang_or_slow(self, timeout: CommandTimeout, machine: Machine, sdir: Path) -> Optional[MachineLost]:
         """A scenario out of time: a hang if the guest no longer answers a trivial command (then the
@@ -247,30 +298,3 @@ class Run:
         first = evidence.splitlines()[0] if evidence else ""
         return MachineLost("hang", f"{timeout}; then no answer over SSH within {HANG_PROBE_S:.0f} s "
                                    f"({first}); registers and console tail in {sdir / 'hang.txt'}")
-
-    @staticmethod
-    def _judge_health(verdict: Optional[Verdict], lost: Optional[MachineLost], reports: list[Report],
-                      taint_before: int, taint_after: int) -> Verdict:
-        """The scenario's own verdict, overruled by what happened to the kernel meanwhile: a panic or a
-        kernel report fails it; a hang, QEMU gone or SSH gone makes it an error (the harness could not
-        finish watching)."""
-        counts: dict[str, int] = {}
-        for r in reports:
-            key = f"kernel {r.kind}: {r.title}"
-            counts[key] = counts.get(key, 0) + 1
-        titles = [key + (f" (x{n})" if n > 1 else "") for key, n in counts.items()]
-        if lost is not None:
-            if lost.kind == "panic":
-                # Console line or QMP event, whichever came first, says the same: keep it a note, so
-                # that two runs of one panic compare equal.
-                return Verdict("fail", tuple(titles) or (str(lost),), (f"detected: {lost}",))
-            return Verdict("error", (f"{lost.kind}: {lost}", *titles))
-        assert verdict is not None
-        new_taint = taint_after & ~taint_before & ~PROBE_TAINT
-        extra = list(titles)
-        if new_taint:
-            extra.append(f"kernel taint: {taint_letters(new_taint)} set during the scenario "
-                         f"(tainted {taint_before} -> {taint_after})")
-        if not extra or verdict.status == "error":
-            return Verdict(verdict.status, (*verdict.findings, *extra), verdict.notes)
-        return Verdict("fail", (*extra, *verdict.findings), verdict.notes)

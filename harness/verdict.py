@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
+
+from harness.printable import printable
 
 Status = Literal["pass", "fail", "error", "skip"]
 STATUSES: tuple[Status, ...] = ("pass", "fail", "error", "skip")
@@ -37,6 +39,13 @@ class Result:
     notes: tuple[str, ...] = field(default=())
     reports: tuple[str, ...] = field(default=())   # titles of the kernel's reports in the scenario's console
     artifacts: str = ""   # the scenario's directory, relative to the run directory
+
+    def printable(self) -> "Result":
+        """The same row with every human field's control characters escaped (they come from the guest)."""
+        def each(texts: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(printable(t) for t in texts)
+        return replace(self, kernel=printable(self.kernel), findings=each(self.findings), notes=each(self.notes),
+                       reports=each(self.reports))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -114,13 +114,16 @@ struct nh_stats {
 /*
  * Faults for the harness's own tests (crash, warning and hang handling); no
  * effect on attach state.  SPIN busy-waits with preemption off (soft lockup,
- * RCU stall); SLEEP sleeps uninterruptibly (hung task).
+ * RCU stall); SLEEP sleeps uninterruptibly (hung task); OOPS_LOCKED Oopses
+ * holding the probe's mutex, so every later attach, detach or read waits
+ * forever: a kernel wedged by an Oops, as a real bug leaves it.
  */
 enum nh_debug_op {
 	NH_DEBUG_WARN = 1,	/* WARN() once */
 	NH_DEBUG_OOPS = 2,	/* a NULL pointer write: Oops, the calling task dies */
 	NH_DEBUG_SPIN = 3,	/* spin for `seconds` with preemption disabled */
 	NH_DEBUG_SLEEP = 4,	/* TASK_UNINTERRUPTIBLE for `seconds` */
+	NH_DEBUG_OOPS_LOCKED = 5,	/* OOPS with the probe's mutex held */
 };
 
 struct nh_debug {

@@ -422,7 +422,7 @@ static noinline void nh_debug_oops(void)
 	*(volatile int *)NULL = 1;
 }
 
-/* Outside st.lock: a fault must not leave the probe's mutex held. */
+/* Outside st.lock: a fault must not leave the probe's mutex held, but for the one that is meant to. */
 static long nh_debug(struct nh_debug __user *uarg)
 {
 	struct nh_debug d;
@@ -436,6 +436,11 @@ static long nh_debug(struct nh_debug __user *uarg)
 		return 0;
 	case NH_DEBUG_OOPS:
 		nh_debug_oops();
+		return 0;
+	case NH_DEBUG_OOPS_LOCKED:
+		mutex_lock(&st.lock);
+		nh_debug_oops();
+		mutex_unlock(&st.lock);	/* not reached: the Oops ends the task with the mutex held */
 		return 0;
 	case NH_DEBUG_SPIN:
 		until = jiffies + d.seconds * HZ;

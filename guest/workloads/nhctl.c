@@ -6,7 +6,7 @@
  *   nhctl detach
  *   nhctl stats                     written/dropped/read counters as JSON
  *   nhctl read                      drain the ring: raw struct nh_record to stdout
- *   nhctl debug warn|oops|spin|sleep [SECONDS]
+ *   nhctl debug warn|oops|spin|sleep|oops-locked [SECONDS]
  *                                   inject a kernel fault (the harness's crash handling tests)
  *   nhctl run --events FILE [options] -- PROGRAM ARGS...
  *       start PROGRAM, attach to it (PROGRAM waits for that), wait for it to
@@ -271,7 +271,7 @@ int main(int argc, char **argv)
 	} else if (!strcmp(argv[1], "run")) {
 		return cmd_run(fd, argc, argv, i);
 	} else if (!strcmp(argv[1], "debug") && argc >= 3) {
-		static const char *ops[] = { "", "warn", "oops", "spin", "sleep" };
+		static const char *ops[] = { "", "warn", "oops", "spin", "sleep", "oops-locked" };
 		struct nh_debug d = { 0 };
 
 		for (unsigned int op = 1; op < sizeof(ops) / sizeof(ops[0]); op++)
@@ -279,7 +279,7 @@ int main(int argc, char **argv)
 				d.op = op;
 		d.seconds = argc > 3 ? atoi(argv[3]) : 0;
 		if (!d.op)
-			die("usage: nhctl debug warn|oops|spin|sleep [SECONDS]", 0);
+			die("usage: nhctl debug warn|oops|spin|sleep|oops-locked [SECONDS]", 0);
 		if (ioctl(fd, NH_IOC_DEBUG, &d))
 			die("NH_IOC_DEBUG", errno);
 	} else {

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from harness.errors import GuestError
 from harness.events import KVM_EVENTS, TraceEvent, parse_overruns, parse_trace
 from harness.guest import Guest
+from harness.guest_data import GuestDataError
 
 TRACING = "/sys/kernel/tracing"
 # kprobe event name -> the kernel function it watches (group "nh").
@@ -42,9 +43,7 @@ class KvmTrace:
         result = self.guest.run(["sh", "-c", script])
         if not result.ok:
             raise GuestError(f"setting up ftrace failed: {(result.stderr or result.stdout).strip()}")
-        words = [line.split() for line in result.stdout.splitlines()]
-        self.events = tuple(w[1] for w in words if w[0] == "event")
-        self.kprobes = tuple(w[1] for w in words if w[0] == "kprobe")
+        self.events, self.kprobes = parse_enabled(result.stdout)
         if not self.events:
             raise GuestError("the kernel has none of KVM's mmu notifier tracepoints (events/kvm/kvm_*_hva*)")
 
@@ -60,6 +59,25 @@ class KvmTrace:
         kernel's defaults back (1408 KiB is the default buffer size)."""
         script = (f"cd {TRACING}; echo 0 > tracing_on; cat per_cpu/cpu*/stats; echo {STATS_END}; cat trace; "
                   f"echo 0 > events/enable; echo > kprobe_events; echo > trace; echo 1408 > buffer_size_kb")
-        stats, _, trace = self.guest.check(["sh", "-c", script]).partition(STATS_END + "\n")
-        self.overruns = parse_overruns(stats)
-        return parse_trace(trace)
+        out = self.guest.check(["sh", "-c", script])
+        stats, marker, trace = out.partition(STATS_END + "\n")
+        if not marker:
+            raise GuestDataError("ftrace", f"no {STATS_END!r} line between the per-CPU stats and the trace", out)
+        self.overruns = parse_overruns(stats, f"{TRACING}/per_cpu/cpu*/stats")
+        return parse_trace(trace, f"{TRACING}/trace")
+
+
+def parse_enabled(out: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The set-up script's account of what it enabled: (tracepoints, kprobes).  It prints only
+    `event NAME` and `kprobe NAME` lines, for names it was given."""
+    events: list[str] = []
+    kprobes: list[str] = []
+    for line in out.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "event" and words[1] in KVM_EVENTS:
+            events.append(words[1])
+        elif len(words) == 2 and words[0] == "kprobe" and words[1] in KPROBES:
+            kprobes.append(words[1])
+        else:
+            raise GuestDataError("ftrace set-up", "expected 'event NAME' or 'kprobe NAME'", line)
+    return tuple(events), tuple(kprobes)

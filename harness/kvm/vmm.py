@@ -16,6 +16,7 @@ from typing import Any, Optional, TextIO
 from harness.artifacts.guest_build import MINIVMM
 from harness.errors import CommandTimeout, GuestError, HarnessError
 from harness.guest import Guest
+from harness.guest_data import PID_MAX, GuestDataError, int_field, parse_json_line
 
 KVM_MODULES = {"svm": "kvm_amd", "vmx": "kvm_intel"}
 
@@ -62,9 +63,12 @@ class Vmm:
         if cgroup:
             command = f"echo $$ > {shlex.quote(cgroup)}/cgroup.procs && exec {command}"
         self.proc = guest.ssh.start(["sh", "-c", command], watch=guest.watch)
-        hello = self._answer("hello")
-        self.pid: int = hello["pid"]
         self.exit_status: Optional[int] = None
+        try:
+            self.pid = int_field(self._answer("hello"), "pid", "minivmm hello", lo=1, hi=PID_MAX)
+        except HarnessError:
+            self.proc.close(timeout=3)    # its stdin closed, a minivmm still running reads EOF and exits
+            raise
 
     def _said(self, line: str) -> None:
         self.history.append(line[:300])
@@ -92,13 +96,13 @@ class Vmm:
             raise self._fail(f"exited (status {self.exit_status}) instead of answering {op!r}")
         self._said(f"< {line}")
         try:
-            answer = json.loads(line)
-        except json.JSONDecodeError:
-            raise self._fail(f"answered {op!r} with something that is not JSON") from None
-        if not isinstance(answer, dict) or answer.get("op") != op:
+            answer = parse_json_line(line, "minivmm")
+        except GuestDataError as e:
+            raise self._fail(f"answered {op!r} with bad data ({e})") from None
+        if answer.get("op") != op:
             raise self._fail(f"answered {op!r} out of turn")
         if "error" in answer:
-            raise self._fail(f"could not do {op!r}: {answer['error']}")
+            raise self._fail(f"could not do {op!r}: {str(answer['error'])[:300]}")
         return answer
 
     def call(self, op: str, timeout: Optional[float] = None, **args: Any) -> dict[str, Any]:

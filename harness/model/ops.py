@@ -10,13 +10,22 @@ a block still PMD-mapped, a large folio not yet split).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from harness.errors import HarnessError
+from harness.guest_data import PID_MAX, U64_MAX, GuestDataError, int_field
+from harness.guest_data import field as guest_field
 
 PAGE = 4096
 HPAGE = 2 << 20
 NEVER = 2**63 - 1
+# x86-64's user address space with 4-level page tables: no mapping of a workload ends above it.
+USER_ADDR_LIMIT = 1 << 47
+# The largest range an operation may cover unless the caller knows better (the guest's memory).
+MAX_RANGE = 1 << 40
+# The operations on a mapping: each names its [start, end).
+RANGED = frozenset({"map", "dontneed", "mprotect", "munmap", "touch", "split", "cold", "cow", "fill", "write",
+                    "verify", "ksm", "unmerge", "oom", "khugepaged", "reclaim"})
 
 
 class ModelError(HarnessError):
@@ -83,49 +92,93 @@ class Op:
         return f"{self.kind} {self.name} [{self.start:#x}, {self.end:#x}){prot}"
 
 
-def parse_ops(lines: Sequence[dict[str, Any]]) -> tuple[int, list[Op]]:
-    """(workload pid, operations) from mmops's JSON lines; an error line raises."""
+def parse_ops(lines: Sequence[Mapping[str, Any]], *, max_range: int = MAX_RANGE,
+              source: str = "mmops") -> tuple[int, list[Op]]:
+    """(workload pid, operations) from mmops's JSON lines; an error line raises ModelError, a line
+    that is not what mmops prints GuestDataError naming `source`.  No operation may cover more
+    than `max_range` bytes: the model walks ranges page by page."""
     pid, ops = 0, []
     vmas: tuple[tuple[int, int], ...] = ()
     smaps: tuple[VmaInfo, ...] = ()
     for line in lines:
-        kind = str(line.get("op"))
+        kind = guest_field(line, "op", str, source)
         if "error" in line:
-            raise ModelError(f"workload operation {kind} failed: {line['error']}")
+            raise ModelError(f"workload operation {kind[:40]} failed: {guest_field(line, 'error', str, source)[:300]}")
         if kind == "start":
-            pid = int(line["pid"])
-            continue
-        if kind == "cow-vmas":
-            vmas = tuple((int(s), int(e)) for s, e in line["private_vmas"])
-            continue
-        if kind == "vmas":
-            smaps = tuple(sorted((VmaInfo(int(v["start"]), int(v["end"]), v["perms"], frozenset(v["flags"].split()))
-                                  for v in line["vmas"]), key=lambda v: v.start))
-            continue
-        if kind in ("probe-stats",):
-            continue
-        t0 = int(line["t0"])
-        # The oom operation never returns: the task is killed inside it.
-        t1 = int(line.get("t1", NEVER if kind == "oom" else t0))
-        ops.append(Op(kind=kind, t0=t0, t1=t1, name=line.get("name", ""),
-                      start=int(line.get("start", 0)), end=int(line.get("end", 0)), prot=line.get("prot", ""),
-                      thp=bool(line.get("thp", False)), anon_huge_kb=int(line.get("anon_huge_kb", -1)),
-                      child=int(line.get("child", 0)), t_fork=int(line.get("t_fork", 0)),
-                      t_write=int(line.get("t_write", 0)), private_vmas=vmas if kind == "cow" else (),
-                      value=int(line.get("value", 0)), bad_pages=int(line.get("bad_pages", 0)),
-                      ksmd_pid=int(line.get("ksmd_pid", 0)), reaper_pid=int(line.get("reaper_pid", 0)),
-                      merging_pages=int(line.get("merging_pages", -1)),
-                      full_scans=int(line.get("full_scans", 0)),
-                      full_scans_before=int(line.get("full_scans_before", 0)),
-                      vmas=smaps if kind in ("oom", "reclaim") else (),
-                      khugepaged_pid=int(line.get("khugepaged_pid", 0)),
-                      collapse_alloc=int(line.get("collapse_alloc", 0)),
-                      collapse_alloc_failed=int(line.get("collapse_alloc_failed", 0)),
-                      lru_gen=int(line.get("lru_gen", -1)), errno=int(line.get("errno", 0)),
-                      swap_kb=int(line.get("swap_kb", -1)), cpu=int(line.get("cpu", -1))))
+            pid = int_field(line, "pid", source, lo=1, hi=PID_MAX)
+        elif kind == "cow-vmas":
+            vmas = tuple(_vma_range(v, source) for v in guest_field(line, "private_vmas", list, source))
+        elif kind == "vmas":
+            smaps = tuple(sorted((_vma_info(v, source) for v in guest_field(line, "vmas", list, source)),
+                                 key=lambda v: v.start))
+        elif kind != "probe-stats":
+            ops.append(_op(line, kind, source, max_range, vmas if kind == "cow" else (),
+                           smaps if kind in ("oom", "reclaim") else ()))
     if not pid:
-        raise ModelError("the workload printed no start line")
+        raise GuestDataError(source, "the workload printed no start line")
     return pid, ops
+
+
+def _op(line: Mapping[str, Any], kind: str, source: str, max_range: int,
+        private_vmas: tuple[tuple[int, int], ...], vmas: tuple[VmaInfo, ...]) -> Op:
+    def num(key: str, default: int, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+        return int_field(line, key, source, default, lo=lo, hi=hi)
+
+    t0 = int_field(line, "t0", source, lo=0, hi=U64_MAX)
+    if kind in ("exit", "oom"):
+        # exit is an instant; the oom operation never returns: the task is killed inside it.
+        t1 = num("t1", t0 if kind == "exit" else NEVER, lo=t0, hi=U64_MAX)
+    else:
+        t1 = int_field(line, "t1", source, lo=t0, hi=U64_MAX)
+    start, end = _op_range(line, kind, source, max_range)
+    return Op(kind=kind, t0=t0, t1=t1, name=guest_field(line, "name", str, source, ""), start=start, end=end,
+              prot=guest_field(line, "prot", str, source, ""), thp=guest_field(line, "thp", bool, source, False),
+              anon_huge_kb=num("anon_huge_kb", -1), child=num("child", 0, lo=0, hi=PID_MAX),
+              t_fork=num("t_fork", 0, lo=0, hi=U64_MAX), t_write=num("t_write", 0, lo=0, hi=U64_MAX),
+              private_vmas=private_vmas, value=num("value", 0), bad_pages=num("bad_pages", 0),
+              ksmd_pid=num("ksmd_pid", 0, lo=0, hi=PID_MAX), reaper_pid=num("reaper_pid", 0, lo=0, hi=PID_MAX),
+              merging_pages=num("merging_pages", -1), full_scans=num("full_scans", 0),
+              full_scans_before=num("full_scans_before", 0), vmas=vmas,
+              khugepaged_pid=num("khugepaged_pid", 0, lo=0, hi=PID_MAX), collapse_alloc=num("collapse_alloc", 0),
+              collapse_alloc_failed=num("collapse_alloc_failed", 0), lru_gen=num("lru_gen", -1),
+              errno=num("errno", 0), swap_kb=num("swap_kb", -1), cpu=num("cpu", -1))
+
+
+def _op_range(line: Mapping[str, Any], kind: str, source: str, max_range: int) -> tuple[int, int]:
+    """An operation's [start, end): required of the operations on a mapping, a user address range
+    no larger than `max_range`; (0, 0) for the others."""
+    if kind not in RANGED and "start" not in line and "end" not in line:
+        return 0, 0
+    start = int_field(line, "start", source, lo=0, hi=USER_ADDR_LIMIT)
+    end = int_field(line, "end", source, lo=0, hi=USER_ADDR_LIMIT)
+    if not start < end:
+        raise GuestDataError(source, f"{kind}: an empty or reversed range [{start:#x}, {end:#x})")
+    if end - start > max_range:
+        raise GuestDataError(source, f"{kind}: a range of {end - start:#x} bytes, more than the {max_range:#x} "
+                                     f"a workload can cover")
+    return start, end
+
+
+def _vma_range(value: object, source: str) -> tuple[int, int]:
+    """A [start, end] pair of mmops's private VMA list; anywhere in the 64-bit space ([vsyscall] is
+    above user space), but not empty."""
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= U64_MAX for x in value)
+            or not value[0] < value[1]):
+        raise GuestDataError(source, "a private VMA is not a [start, end] pair of addresses", value)
+    return value[0], value[1]
+
+
+def _vma_info(v: object, source: str) -> VmaInfo:
+    """One VMA of mmops's smaps list."""
+    if not isinstance(v, dict):
+        raise GuestDataError(source, "a VMA is not a JSON object", v)
+    start = int_field(v, "start", source, lo=0, hi=U64_MAX)
+    end = int_field(v, "end", source, lo=0, hi=U64_MAX)
+    if not start < end:
+        raise GuestDataError(source, f"an empty or reversed VMA [{start:#x}, {end:#x})")
+    flags = guest_field(v, "flags", str, source)
+    return VmaInfo(start, end, guest_field(v, "perms", str, source), frozenset(flags.split()))
 
 
 @dataclass(frozen=True)

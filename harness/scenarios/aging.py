@@ -37,7 +37,7 @@ class Aging:
                                                f"khugepaged:B:{wait}", "verify:B"], timeout=wait + 60)
         found, judgement = judge_run(scan, ctx.features, ctx.out_dir)
         findings += found
-        op = next(o for o in scan.ops if o.kind == "khugepaged")
+        op = scan.only_op("khugepaged")
         tested = [r for r in scan.records if r.pid == op.khugepaged_pid]
         notes.append(f"khugepaged pid {op.khugepaged_pid}: full_scans {op.full_scans_before} -> {op.full_scans}, "
                      f"{sum(r.callback == Callback.TEST_YOUNG for r in tested)} test_young, collapse_alloc "
@@ -49,7 +49,7 @@ class Aging:
                                 ["--cgroup", memcg.path], timeout=120)
         found, judgement = judge_run(reclaim, ctx.features, ctx.out_dir)
         findings += found
-        op = next(o for o in reclaim.ops if o.kind == "reclaim")
+        op = reclaim.only_op("reclaim")
         mine = [r for r in reclaim.records if r.pid == reclaim.pid and op.t0 <= r.time_ns <= op.t1]
         counts = {c: sum(r.callback == c for r in mine)
                   for c in (Callback.CLEAR_FLUSH_YOUNG, Callback.CLEAR_YOUNG, Callback.START)}

@@ -12,6 +12,10 @@ from harness.kvm.vmm import prepare_kvm
 from harness.model.versions import Features
 from harness.verdict import Verdict
 
+# The runner brackets each scenario's part of the kernel log with `MARK_PREFIX begin NAME` and
+# `MARK_PREFIX end NAME`.
+MARK_PREFIX = "notifier-harness:"
+
 
 @dataclass
 class ScenarioContext:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Optional
 
 from hypothesis import HealthCheck, seed, settings
@@ -23,6 +23,8 @@ from hypothesis.reporting import with_reporter
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 
 from harness.errors import HarnessError
+from harness.guest_data import field as guest_field
+from harness.guest_data import MAX_ERRNO, int_field, int_list_field, parse_hex_bytes
 from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import (WORD, DirtyLogModel, bitmap_bytes, describe, errno_name,
                                      expected_values_problem)
@@ -45,6 +47,31 @@ class _Abort(BaseException):
     def __init__(self, error: HarnessError):
         super().__init__(str(error))
         self.error = error
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the rules read of minivmm's answer: the ioctl's ret and errno (every answer has them),
+    and, by request, the slot's pages (create), the values the L2 read (read), the bitmap (get)."""
+
+    ret: int
+    errno: int
+    pages: int = 0
+    values: tuple[int, ...] = ()
+    bitmap: bytes = b""
+
+    @staticmethod
+    def parse(op: str, answer: dict[str, Any]) -> "Answer":
+        source = f"minivmm {op}"
+        ret = int_field(answer, "ret", source)
+        typed = Answer(ret=ret, errno=int_field(answer, "errno", source, lo=0, hi=MAX_ERRNO))
+        if op == "create":
+            return replace(typed, pages=int_field(answer, "pages", source, lo=0))
+        if op == "read":
+            return replace(typed, values=tuple(int_list_field(answer, "values", source, lo=0, hi=0xFFFFFFFF)))
+        if op == "get" and ret >= 0:
+            return replace(typed, bitmap=parse_hex_bytes(guest_field(answer, "bitmap", str, source), source))
+        return typed
 
 
 @dataclass
@@ -71,19 +98,20 @@ class DirtyLogMachine(RuleBasedStateMachine):
 
     # --- plumbing -------------------------------------------------------------
 
-    def call(self, op: str, **args: Any) -> dict[str, Any]:
+    def call(self, op: str, **args: Any) -> Answer:
+        """One request; a lost VMM or an answer that is not what minivmm prints stops the exploration."""
         self.session.ops += 1
         try:
-            return self.session.vmm.call(op, **args)
+            return Answer.parse(op, self.session.vmm.call(op, **args))
         except HarnessError as e:
             raise _Abort(e) from None
         finally:
             self.session.requests.append(self.session.vmm.last_request)
 
     @staticmethod
-    def check_errno(what: str, answer: dict[str, Any], expected: int) -> None:
-        got = answer["errno"] if answer["ret"] < 0 else 0
-        assert got == expected, (f"{what}: the kernel returned {answer['ret']} ({errno_name(got)}), "
+    def check_errno(what: str, answer: Answer, expected: int) -> None:
+        got = answer.errno if answer.ret < 0 else 0
+        assert got == expected, (f"{what}: the kernel returned {answer.ret} ({errno_name(got)}), "
                                  f"the model expects {errno_name(expected)}")
 
     def pages(self, data: st.DataObject, label: str) -> list[int]:
@@ -102,7 +130,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         if cap is not None:
             args["cap"] = cap
         answer = self.call("create", **args)
-        assert answer["pages"] == npages
+        assert answer.pages == npages
         self.model = DirtyLogModel.created(npages, int(logging), cap)
 
     def teardown(self) -> None:
@@ -112,7 +140,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         try:
             touched = sorted(set(self.model.memory) | {0, self.model.npages - 1})
             answer = self.call("read", pages=touched)
-            problem = expected_values_problem(touched, self.model.read(touched), answer["values"])
+            problem = expected_values_problem(touched, self.model.read(touched), list(answer.values))
             assert problem is None, f"at the end of the example, {problem}"
         finally:
             self.call("destroy")
@@ -131,7 +159,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         assert self.model
         pages = self.pages(data, "pages read")
         answer = self.call("read", pages=pages)
-        problem = expected_values_problem(pages, self.model.read(pages), answer["values"])
+        problem = expected_values_problem(pages, self.model.read(pages), list(answer.values))
         assert problem is None, problem
 
     @rule(data=st.data())
@@ -165,9 +193,9 @@ class DirtyLogMachine(RuleBasedStateMachine):
         assert self.model
         answer = self.call("get", slot=slot)
         self.check_errno(f"KVM_GET_DIRTY_LOG(slot={slot:#x})", answer, self.model.get_errno(slot))
-        if answer["ret"] < 0:
+        if answer.ret < 0:
             return
-        raw = bytes.fromhex(answer["bitmap"])
+        raw = answer.bitmap
         assert len(raw) == bitmap_bytes(self.model.npages), (
             f"KVM_GET_DIRTY_LOG: {len(raw)} bytes, expected {bitmap_bytes(self.model.npages)}")
         bitmap = int.from_bytes(raw, "little")

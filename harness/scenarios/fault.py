@@ -24,13 +24,18 @@ GUEST = {
     "panic": ("echo c > /proc/sysrq-trigger", ""),
     "warn": (f"{NHCTL} debug warn", ""),
     "oops": (f"{NHCTL} debug oops", ""),
+    # An Oops that leaves the probe's mutex held: the guest must be rebooted for the next scenario.
+    "oops-locked": (f"{NHCTL} debug oops-locked", ""),
     # Soft lockup after 2 x watchdog_thresh; an RCU stall report after rcu_cpu_stall_timeout.
     "lockup": (f"{NHCTL} debug spin 8",
                "echo 1 > /proc/sys/kernel/watchdog_thresh; "
                "echo 3 > /sys/module/rcupdate/parameters/rcu_cpu_stall_timeout"),
     "hung-task": (f"{NHCTL} debug sleep 6", "echo 2 > /proc/sys/kernel/hung_task_timeout_secs"),
-    # Every vCPU spinning with preemption off: nothing answers until long after the time limit.
-    "hang": (f"for c in $(seq 0 $(($(nproc) - 1))); do taskset -c $c {NHCTL} debug spin 600 & done; wait", ""),
+    # Every vCPU spinning with preemption off: nothing answers until long after the time limit.  The
+    # lockup and stall detectors are off, so it stays a hang the kernel does not report (an error).
+    "hang": (f"for c in $(seq 0 $(($(nproc) - 1))); do taskset -c $c {NHCTL} debug spin 600 & done; wait",
+             "echo 0 > /proc/sys/kernel/soft_watchdog; "
+             "echo 1 > /sys/module/rcupdate/parameters/rcu_cpu_stall_suppress"),
 }
 HOST = ("qemu-stop", "qemu-kill", "ssh-cut")
 

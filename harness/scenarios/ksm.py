@@ -19,7 +19,7 @@ class Ksm:
                   "write:K:8K:9", "verify:K", "unmerge:K", "verify:K"]
         run = run_mmops(ctx.guest, "ksm", script, timeout=cfg.ksm_timeout_s + 60)
         findings, judgement = judge_run(run, ctx.features, ctx.out_dir)
-        ksm = next(op for op in run.ops if op.kind == "ksm")
+        ksm = run.only_op("ksm")
         ksmd = [r for r in run.records if r.pid == ksm.ksmd_pid]
         notes = [f"ksmd pid {ksm.ksmd_pid}: full_scans {ksm.full_scans_before} -> {ksm.full_scans}, "
                  f"ksm_merging_pages {ksm.merging_pages} of {cfg.ksm_pages}, {len(ksmd)} records from ksmd; "

@@ -9,22 +9,22 @@ read exactly what it should.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from harness.artifacts.guest_build import MMOPS, NHCTL
-from harness.errors import GuestError, HarnessError
+from harness.errors import GuestError
 from harness.events import Callback, Record, TraceEvent
 from harness.guest import Guest
+from harness.guest_data import MAX_ERRNO, int_field, int_list_field, int_map_field, parse_json_lines
 from harness.kvm.ftrace import KPROBES, KvmTrace
 from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import expected_values_problem
 from harness.model.kvm_notifier import cross_check
-from harness.model.ops import Op, parse_ops
+from harness.model.ops import USER_ADDR_LIMIT, Op, parse_ops
 from harness.scenarios.base import NeedsKvm, ScenarioContext
 from harness.scenarios.memcg import Memcg
-from harness.scenarios.probe import detach_and_drain, load_probe, stream_problems
+from harness.scenarios.probe import ProbeStats, detach_and_drain, load_probe, stream_problems
 from harness.verdict import Verdict
 
 PAGE = 4096
@@ -35,7 +35,7 @@ HUGE_PAGES = 512
 class Observation:
     records: list[Record]
     events: list[TraceEvent]
-    probe_stats: dict[str, Any]
+    probe_stats: ProbeStats
     overruns: int
     kprobes: tuple[str, ...]
 
@@ -82,17 +82,28 @@ def judge_observation(ctx: ScenarioContext, obs: Observation, slot: tuple[int, i
 
 
 def _read_check(vmm: Vmm, pages: list[int], expected: list[int], when: str) -> list[str]:
-    got = vmm.call("read", pages=pages)["values"]
+    got = int_list_field(vmm.call("read", pages=pages), "values", "minivmm read", lo=0, hi=0xFFFFFFFF)
     problem = expected_values_problem(pages, expected, got)
     return [f"{when}: {problem}"] if problem else []
 
 
 def _stats(vmm: Vmm) -> dict[str, int]:
-    return vmm.call("stats")["stats"]
+    return int_map_field(vmm.call("stats"), "stats", "minivmm stats")
 
 
 def _slot(created: dict[str, Any]) -> tuple[int, int]:
-    return created["hva"], created["hva"] + created["pages"] * PAGE
+    """The test slot's host range, from minivmm's answer to create."""
+    hva = int_field(created, "hva", "minivmm create", lo=0, hi=USER_ADDR_LIMIT)
+    pages = int_field(created, "pages", "minivmm create", lo=1, hi=(USER_ADDR_LIMIT - hva) // PAGE)
+    return hva, hva + pages * PAGE
+
+
+def _failed(answer: dict[str, Any]) -> Optional[str]:
+    """What went wrong with a request, by its answer's ret and errno; None if it worked."""
+    op = answer["op"]     # the Vmm checked it is the request's
+    ret = int_field(answer, "ret", f"minivmm {op}")
+    errno = int_field(answer, "errno", f"minivmm {op}", lo=0, hi=MAX_ERRNO)
+    return f"{op} failed with errno {errno}" if ret < 0 else None
 
 
 class KvmThpSplit(NeedsKvm):
@@ -118,9 +129,7 @@ class KvmThpSplit(NeedsKvm):
                 answers = [vmm.call("madvise", offset=dropped * PAGE, length=PAGE, advice="dontneed"),
                            vmm.call("mprotect", offset=protected * PAGE, length=PAGE, prot="r"),
                            vmm.call("mprotect", offset=protected * PAGE, length=PAGE, prot="rw")]
-                for a in answers:
-                    if a["ret"] < 0:
-                        findings.append(f"{a['op']} failed with errno {a['errno']}")
+                findings.extend(problem for problem in map(_failed, answers) if problem)
                 after.update(_stats(vmm))
 
             obs = observe(ctx.guest, vmm.pid, split)
@@ -130,8 +139,8 @@ class KvmThpSplit(NeedsKvm):
             findings.append(f"pages_2m did not fall: {before['pages_2m']} before the split, "
                             f"{after.get('pages_2m')} after")
         cross, notes = judge_observation(ctx, obs, _slot(created), need=("unmap",))
-        notes.insert(0, f"KVM stats before: pages_2m {before['pages_2m']}, pages_4k {before['pages_4k']}; after the "
-                        f"split: pages_2m {after.get('pages_2m')}, pages_4k {after.get('pages_4k')}")
+        notes.insert(0, f"KVM stats before: pages_2m {before['pages_2m']}, pages_4k {before.get('pages_4k')}; "
+                        f"after the split: pages_2m {after.get('pages_2m')}, pages_4k {after.get('pages_4k')}")
         return Verdict.from_findings(findings + cross, notes)
 
 
@@ -174,10 +183,10 @@ class KvmKsm(NeedsKvm):
         """mmops's ksmd run (ksmd fast until two full scans have passed, then stopped) for the VMM."""
         result = guest.run([MMOPS, "--no-probe", f"ksmd:{pid}:{int(timeout)}"], timeout=timeout + 30)
         said = (result.stderr or result.stdout).strip()[-300:]
-        try:
-            _, ops = parse_ops([json.loads(line) for line in result.stdout.splitlines()])
-        except (ValueError, HarnessError) as e:     # not JSON, or mmops's own error line
-            raise GuestError(f"running ksmd for the VMM failed: {e}") from None
+        source = "mmops ksmd"
+        lines = parse_json_lines(result.stdout, source)
+        # mmops's own error line raises here
+        ops = parse_ops(lines, source=source, max_range=guest.memory_mib << 20)[1] if lines else []
         if not result.ok or not ops or ops[0].kind != "ksmd":
             raise GuestError(f"running ksmd for the VMM failed: {said}")
         return ops[0]

@@ -7,6 +7,7 @@ from typing import Optional
 
 from harness.errors import GuestError
 from harness.guest import Guest
+from harness.guest_data import PID_MAX, parse_int, parse_ints, parse_key_ints
 
 ROOT = "/sys/fs/cgroup"
 
@@ -35,14 +36,16 @@ class Memcg:
         self.remove()
 
     def events(self) -> dict[str, int]:
-        text = self.guest.read_text(f"{self.path}/memory.events")
-        return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
+        path = f"{self.path}/memory.events"
+        return parse_key_ints(self.guest.read_text(path), path)
 
     def current(self) -> int:
-        return int(self.guest.read_text(f"{self.path}/memory.current"))
+        path = f"{self.path}/memory.current"
+        return parse_int(self.guest.read_text(path), path, lo=0)
 
     def procs(self) -> list[int]:
-        return [int(p) for p in self.guest.read_text(f"{self.path}/cgroup.procs").split()]
+        path = f"{self.path}/cgroup.procs"
+        return parse_ints(self.guest.read_text(path), path, lo=1, hi=PID_MAX)
 
     def remove(self, tries: int = 20) -> None:
         """rmdir, retried: a killed task leaves the cgroup a moment after it is reaped."""

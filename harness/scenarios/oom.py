@@ -52,7 +52,7 @@ class MemcgOomScenario:
                 events, current, procs = memcg.events(), memcg.current(), memcg.procs()
             log = guest.dmesg().split(marker, 1)[-1]
             (ctx.out_dir / f"{v.name}.dmesg.log").write_text(log)
-            oom_op = next(op for op in run.ops if op.kind == "oom")
+            oom_op = run.only_op("oom")
             reaper = oom_op.reaper_pid
             if not reaper:
                 raise GuestError(f"{v.name}: the guest has no oom_reaper kernel thread")

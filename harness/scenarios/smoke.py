@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from harness.console_reports import classify
 from harness.kvm.vmm import load_kvm
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import MARK_PREFIX, ScenarioContext
 from harness.verdict import Verdict
+
+
+def boot_part(dmesg: str) -> str:
+    """The kernel log up to the first scenario's begin marker."""
+    marker = f"] {MARK_PREFIX} begin "
+    at = dmesg.find(marker)
+    return dmesg if at < 0 else dmesg[:dmesg.rfind("\n", 0, at) + 1]
 
 
 class Smoke:
@@ -31,8 +38,9 @@ class Smoke:
         else:
             notes.append(f"/dev/kvm present after modprobe {module}")
 
-        # The runner classifies the scenario's own console slice; the boot before it is smoke's.
+        # The runner classifies the scenario's own console slice; the boot before the first scenario
+        # is smoke's, and only that: what earlier scenarios of this boot caused is theirs.
         log = guest.dmesg()
-        findings += [f"boot log: kernel {r.kind}: {r.title}" for r in classify(log)]
+        findings += [f"boot log: kernel {r.kind}: {r.title}" for r in classify(boot_part(log))]
         (ctx.out_dir / "dmesg.log").write_text(log)
         return Verdict.from_findings(findings, notes)

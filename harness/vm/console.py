@@ -5,6 +5,12 @@ pexpect `fdspawn` on that pipe and loops on `expect`; if nobody read it, a
 chatty kernel would fill the pipe and stall the vCPU writing to the UART.
 Every byte read goes to console.log (pexpect's logfile_read) and to a bounded
 in-memory tail used in error messages.
+
+The guest is untrusted: a kernel that floods its console must cost the host
+bounded memory and disk.  The reader never keeps more than a marker could
+straddle, console.log stops growing at LOG_LIMIT per boot (with a note, and
+the guest still drained), and a failed write (a full disk) is recorded for
+the runner to stop the run on, while the reader goes on draining.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
 import pexpect
 import pexpect.fdpexpect
@@ -21,6 +27,10 @@ import pexpect.fdpexpect
 from harness.vm.qemu_args import READY_MARKER
 
 _TAIL_BYTES = 64 * 1024
+# What one boot may write into console.log; past it, bytes are counted, not kept.
+LOG_LIMIT = 64 << 20
+# pexpect keeps everything read since the last match for `before`; this reader never uses it.
+_BEFORE_LIMIT = 64 * 1024
 # Lines that mean the kernel has died; issue-level classification lives elsewhere.
 _PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*")
 _READY = re.compile(re.escape(READY_MARKER.encode()) + rb"[^\r\n]*")
@@ -28,19 +38,55 @@ _READY = re.compile(re.escape(READY_MARKER.encode()) + rb"[^\r\n]*")
 _INIT_FAILED = re.compile(rb"NH-INIT: FAILED: [^\r\n]*")
 
 
-class _Tee:
-    """pexpect's logfile_read: to console.log, and a tail kept in memory."""
+class _BoundedSpawn(pexpect.fdpexpect.fdspawn):  # type: ignore[misc]
+    """fdspawn that forgets `before`: expect() appends every byte it reads to it until a pattern
+    matches, so a flood without a marker would be held whole (the reader never reads `before`;
+    the tee has every byte)."""
 
-    def __init__(self, log: IO[bytes]):
+    def read_nonblocking(self, size: int = 1, timeout: Optional[float] = -1) -> bytes:
+        if self._before.tell() > _BEFORE_LIMIT:
+            self._before = self.buffer_type()
+        return super().read_nonblocking(size, timeout)  # type: ignore[no-any-return]
+
+
+class _Tee:
+    """pexpect's logfile_read: to console.log (up to `limit` bytes), and a tail kept in memory.
+    It never raises: pexpect would end the reader, the guest would block on its UART, and a full
+    disk would look like a hung kernel.  `write_error` says what failed instead."""
+
+    def __init__(self, log: IO[bytes], path: Path, limit: int = LOG_LIMIT):
         self._log = log
+        self._path = path
         self._tail = bytearray()
         self._lock = threading.Lock()
         self.first_output = threading.Event()
         self.bytes_seen = 0
+        self.limit = limit
+        self.written = 0
+        self.dropped = 0
+        self.write_error = ""
+
+    def _keep(self, data: bytes) -> None:
+        room = self.limit - self.written
+        if self.write_error or room <= 0:
+            self.dropped += len(data)
+            return
+        kept = data[:room]
+        try:
+            self._log.write(kept)
+            if len(kept) < len(data):
+                self._log.write(f"\n[notifier-harness: console output past {self.limit >> 20} MiB of this "
+                                f"boot is not kept]\n".encode())
+            self._log.flush()
+        except OSError as e:
+            self.write_error = f"cannot write {self._path}: {e.strerror or e}"
+            self.dropped += len(data)
+            return
+        self.written += len(kept)
+        self.dropped += len(data) - len(kept)
 
     def write(self, data: bytes) -> None:
-        self._log.write(data)
-        self._log.flush()
+        self._keep(data)
         with self._lock:
             self._tail += data
             del self._tail[:-_TAIL_BYTES]
@@ -49,7 +95,10 @@ class _Tee:
             self.first_output.set()
 
     def flush(self) -> None:
-        self._log.flush()
+        try:
+            self._log.flush()
+        except OSError as e:
+            self.write_error = self.write_error or f"cannot write {self._path}: {e.strerror or e}"
 
     def tail(self) -> bytes:
         with self._lock:
@@ -59,12 +108,11 @@ class _Tee:
 class Console:
     """Reads one QEMU's serial output until EOF, in a thread of its own."""
 
-    def __init__(self, stream: IO[bytes], log_path: Path):
+    def __init__(self, stream: IO[bytes], log_path: Path, log_limit: int = LOG_LIMIT):
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self._tee = _Tee(self._log)
-        self._child = pexpect.fdpexpect.fdspawn(stream, timeout=1.0, searchwindowsize=4096,
-                                                logfile=None)
+        self._tee = _Tee(self._log, log_path, log_limit)
+        self._child = _BoundedSpawn(stream, timeout=1.0, searchwindowsize=4096, logfile=None)
         self._child.logfile_read = self._tee
         self.ready = threading.Event()
         self.ready_line = ""
@@ -82,6 +130,15 @@ class Console:
     @property
     def bytes_seen(self) -> int:
         return self._tee.bytes_seen
+
+    @property
+    def dropped(self) -> int:
+        """Console bytes read but not kept in console.log (past LOG_LIMIT, or after a write error)."""
+        return self._tee.dropped
+
+    @property
+    def write_error(self) -> str:
+        return self._tee.write_error
 
     def _drain(self) -> None:
         patterns = [_READY, _PANIC, _INIT_FAILED, pexpect.EOF, pexpect.TIMEOUT]
@@ -123,7 +180,10 @@ class Console:
     def close(self, timeout: float = 5.0) -> None:
         """Join the reader (QEMU's exit closes the pipe) and close the log."""
         self._thread.join(timeout)
-        self._log.close()
+        try:
+            self._log.close()
+        except OSError as e:
+            self._tee.write_error = self._tee.write_error or f"cannot write {self.log_path}: {e.strerror or e}"
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Console({self.log_path}, {self.bytes_seen} bytes)"

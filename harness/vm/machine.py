@@ -7,7 +7,9 @@ process, port or private directory outlives the Machine.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import shutil
 import signal
 import socket
@@ -19,7 +21,7 @@ from typing import Callable, Optional
 
 from harness.artifacts.boot_image import BootImage
 from harness.config import MachineConfig
-from harness.errors import BootTimeout, GuestError, MachineError, MachineLost
+from harness.errors import BootTimeout, GuestError, MachineError, MachineLost, OutputError
 from harness.vm.accel import AccelChoice
 from harness.vm.console import Console
 from harness.vm.qemu_args import QemuPlan, qemu_argv
@@ -31,6 +33,24 @@ POWERDOWN_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 5.0
 # How long a dropped SSH connection waits for QEMU's exit to explain it.
 ACCOUNT_WAIT_S = 1.0
+# Another process can take the forwarded port between free_port() and QEMU's bind: try a new one.
+PORT_TRIES = 5
+_PR_SET_PDEATHSIG = 1
+# Loaded before any fork: the child between fork and exec may not load libraries.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """In QEMU's child before exec: SIGKILL when the harness dies, however it dies (SIGKILL
+    included), so no QEMU outlives it.  The signal is tied to the forking thread, which for the
+    harness is the one that owns the Machine and outlives it."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:     # the harness died before prctl took effect
+        os._exit(1)
+
+
+# A scenario's console slice as read into memory: its head and its tail, each this long, when longer.
+SLICE_HALF = 4 << 20
 
 
 def free_port() -> int:
@@ -145,6 +165,17 @@ class Machine:
         if self.private_dir is None:
             # mkdtemp makes it 0700: the QMP socket is ours alone.
             self.private_dir = Path(tempfile.mkdtemp(prefix="notifier-harness-"))
+        for attempt in range(PORT_TRIES):
+            try:
+                return self._launch_once(accel)
+            except MachineError:
+                if attempt + 1 == PORT_TRIES or "host forwarding rule" not in self.stderr_tail():
+                    raise
+                self.log(f"QEMU could not bind 127.0.0.1:{self.ssh_port} (taken meanwhile); trying another port")
+                self._stop_process()
+
+    def _launch_once(self, accel: str) -> None:
+        assert self.private_dir is not None
         qmp_socket = self.private_dir / "qmp.sock"
         qmp_socket.unlink(missing_ok=True)
         self.ssh_port = free_port()
@@ -155,11 +186,13 @@ class Machine:
         self.argv = qemu_argv(plan)
         (self.out_dir / "qemu-argv.json").write_text(json.dumps(self.argv, indent=1) + "\n")
         stderr = open(self.out_dir / "qemu-stderr.log", "wb")
+        parent = os.getpid()
         try:
-            # A session of its own: Ctrl-C reaches the harness, which then
-            # shuts QEMU down itself instead of QEMU dying mid-write.
+            # A session of its own: Ctrl-C reaches the harness, which then shuts QEMU down itself
+            # instead of QEMU dying mid-write.  PDEATHSIG covers the harness dying without a word.
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                         stderr=stderr, start_new_session=True)
+                                         stderr=stderr, start_new_session=True,
+                                         preexec_fn=lambda: _die_with_parent(parent))
         except OSError as e:
             raise MachineError(f"cannot start {self.qemu}: {e.strerror}") from None
         finally:
@@ -172,6 +205,7 @@ class Machine:
         """Raise MachineLost if QEMU exited or the guest panicked.  `with_tail`: put the console tail
         into the message (while booting it is the only evidence; a scenario keeps its own slice)."""
         assert self.proc and self.console and self.monitor
+        self.check_output()
         code = self.proc.poll()
         if code is not None:
             self.console.close(1.0)
@@ -200,10 +234,17 @@ class Machine:
             raise MachineLost("panic", f"guest panicked {when}: {self.console.panic_line}")
 
     def check_health(self) -> None:
-        """Raise MachineLost if the guest panicked or QEMU is gone (cheap: polls, never blocks)."""
+        """Raise MachineLost if the guest panicked or QEMU is gone, OutputError if its console can no
+        longer be written (cheap: polls, never blocks)."""
         if self.proc is None:
             raise MachineLost("qemu-exited", "the machine is not running")
         self._check_alive("while a scenario ran")
+
+    def check_output(self) -> None:
+        """OutputError when console.log could not be written: the run stops on a full disk instead
+        of judging a kernel on a console it no longer keeps."""
+        if self.console is not None and self.console.write_error:
+            raise OutputError(f"{self.console.write_error}; the run stops")
 
     def account_for(self, lost: MachineLost) -> MachineLost:
         """The best account of a loss: a dropped SSH connection is often QEMU dying, whose socket
@@ -247,13 +288,22 @@ class Machine:
             raise MachineError(f"no host fault {fault!r}")
 
     def read_console(self, offset: int) -> str:
-        """console.log from `offset` on (what the guest printed since)."""
+        """console.log from `offset` on (what the guest printed since); of a flood, its first and last
+        SLICE_HALF bytes, with a line between them saying how much is not shown."""
         try:
             with open(self.out_dir / "console.log", "rb") as f:
+                size = f.seek(0, 2)
                 f.seek(offset)
-                return f.read().decode(errors="replace").replace("\r", "")
+                if size - offset <= 2 * SLICE_HALF:
+                    data = f.read()
+                else:
+                    head = f.read(SLICE_HALF)
+                    f.seek(size - SLICE_HALF)
+                    skipped = size - offset - 2 * SLICE_HALF
+                    data = head + f"\n[notifier-harness: {skipped} console bytes not shown]\n".encode() + f.read()
         except OSError:
             return ""
+        return data.decode(errors="replace").replace("\r", "")
 
     def hang_evidence(self) -> str:
         """What a hung guest shows: QEMU's process state, the vCPUs' registers (QMP, if QEMU still
@@ -290,41 +340,53 @@ class Machine:
         both go straight to `quit` (`soft=False`).
         """
         ready = self._ssh is not None and soft
-        if self._ssh is not None:
-            self._ssh.close()
-            self._ssh = None
-        self._stop_process(soft=ready)
-        if self.private_dir is not None:
-            shutil.rmtree(self.private_dir, ignore_errors=True)
-            self.private_dir = None
+        try:
+            if self._ssh is not None:
+                self._ssh.close()
+                self._ssh = None
+            self._stop_process(soft=ready)
+        finally:
+            if self.private_dir is not None:
+                shutil.rmtree(self.private_dir, ignore_errors=True)
+                self.private_dir = None
 
     def _stop_process(self, soft: bool = False) -> None:
+        """Powerdown (when `soft`), quit, SIGKILL, in that order; whatever interrupts the gentle steps
+        (a second Ctrl-C, SIGTERM, SIGHUP) goes straight to the SIGKILL and is raised after it."""
         proc, monitor = self.proc, self.monitor
-        if proc is not None and proc.poll() is None:
-            self.shutdown_how = "kill"
-            steps = [("system_powerdown", POWERDOWN_TIMEOUT_S, "powerdown")] if soft else []
-            steps.append(("quit", QUIT_TIMEOUT_S, "quit"))
-            if monitor is not None and self._process_state() not in ("T", "t"):
-                for command, wait_s, how in steps:
-                    try:
-                        monitor.command(command)
-                        proc.wait(wait_s)
-                        self.shutdown_how = how
-                        break
-                    except (MachineError, subprocess.TimeoutExpired):
-                        continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        elif proc is not None and not self.shutdown_how:
-            self.shutdown_how = f"exited ({proc.returncode})"
-        if monitor is not None:
-            monitor.close()
-        if self.console is not None:
-            self.console.close()
-        if proc is not None and proc.stdout is not None:
-            proc.stdout.close()
-        self.proc = self.monitor = self.console = None
+        try:
+            if proc is not None and proc.poll() is None:
+                self.shutdown_how = "kill"
+                try:
+                    self._ask_to_stop(proc, monitor, soft)
+                finally:
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+            elif proc is not None and not self.shutdown_how:
+                self.shutdown_how = f"exited ({proc.returncode})"
+        finally:
+            if monitor is not None:
+                monitor.close()
+            if self.console is not None:
+                self.console.close()
+            if proc is not None and proc.stdout is not None:
+                proc.stdout.close()
+            self.proc = self.monitor = self.console = None
+
+    def _ask_to_stop(self, proc: "subprocess.Popen[bytes]", monitor: Optional[Monitor], soft: bool) -> None:
+        steps = [("system_powerdown", POWERDOWN_TIMEOUT_S, "powerdown")] if soft else []
+        steps.append(("quit", QUIT_TIMEOUT_S, "quit"))
+        if monitor is None or self._process_state() in ("T", "t"):
+            return
+        for command, wait_s, how in steps:
+            try:
+                monitor.command(command)
+                proc.wait(wait_s)
+                self.shutdown_how = how
+                return
+            except (MachineError, subprocess.TimeoutExpired):
+                continue
 
     # -- use ---------------------------------------------------------------
 

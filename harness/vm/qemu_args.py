@@ -25,6 +25,12 @@ class QemuPlan:
     extra_cmdline: str = ""
 
 
+def opt_value(value: object) -> str:
+    """A value inside a QEMU `key=value,...` option: QEMU reads `,,` as a literal comma, so a path
+    with a comma in it ($TMPDIR) cannot end the value and add options of its own."""
+    return str(value).replace(",", ",,")
+
+
 def kernel_cmdline(plan: QemuPlan) -> str:
     key_type, _, key_data = plan.ssh_pubkey.partition(" ")
     args = [
@@ -68,7 +74,7 @@ def qemu_argv(plan: QemuPlan) -> list[str]:
         "-chardev", "stdio,id=console,signal=off",
         "-serial", "chardev:console",
         # QMP on a unix socket in the run's private 0700 directory.
-        "-chardev", f"socket,id=qmp,path={plan.qmp_socket},server=on,wait=off",
+        "-chardev", f"socket,id=qmp,path={opt_value(plan.qmp_socket)},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
         # restrict=on: the guest reaches nothing but the forwarded port.
         "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{plan.ssh_port}-:22",

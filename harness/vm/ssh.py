@@ -16,6 +16,12 @@ from typing import Callable, Optional, Sequence, Union
 import paramiko
 
 from harness.errors import CommandTimeout, GuestError, MachineLost
+from harness.guest_data import MAX_JSON_LINE, GuestDataError
+
+# What one guest command may print before the rest is counted and dropped: the largest legitimate
+# output (the probe's full ring, 4 MiB) many times over, and a bound on what a flood costs the host.
+OUTPUT_LIMIT = 16 << 20
+STDERR_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class CommandResult:
     stdout_bytes: bytes
     stderr: str
     duration_s: float
+    dropped: int = 0     # bytes of output past OUTPUT_LIMIT / STDERR_LIMIT, not kept
 
     @property
     def stdout(self) -> str:
@@ -127,7 +134,8 @@ class SshSession:
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise proc.lost(f"failed ({type(e).__name__}: {e}) while running") from None
         return CommandResult(argv=proc.command, exit_status=status, stdout_bytes=bytes(proc.out),
-                             stderr=proc.stderr.decode(errors="replace"), duration_s=time.monotonic() - start)
+                             stderr=proc.stderr.decode(errors="replace"), duration_s=time.monotonic() - start,
+                             dropped=proc.dropped)
 
     def start(self, argv: Union[str, Sequence[str]], watch: Optional[Callable[[], None]] = None,
               timeout: float = 30.0) -> "RemoteProcess":
@@ -210,6 +218,7 @@ class RemoteProcess:
         self._watch = watch
         self.out = bytearray()
         self.stderr = bytearray()
+        self.dropped = 0
         self.eof = False
 
     @staticmethod
@@ -228,9 +237,9 @@ class RemoteProcess:
         if chan.recv_ready():
             data = chan.recv(65536)
             self.eof = self.eof or not data
-            self.out += data
+            self._keep(self.out, data, OUTPUT_LIMIT)
         elif chan.recv_stderr_ready():
-            self.stderr += chan.recv_stderr(65536)
+            self._keep(self.stderr, chan.recv_stderr(65536), STDERR_LIMIT)
         elif not self.eof and chan.eof_received:
             self.eof = True
         elif time.monotonic() > deadline:
@@ -242,6 +251,13 @@ class RemoteProcess:
             if self._watch is not None:
                 self._watch()
             select.select([chan], [], [], 0.2)
+
+    def _keep(self, buf: bytearray, data: bytes, limit: int) -> None:
+        """Append what fits under `limit`; count the rest (the channel is still drained, so the guest
+        never blocks on a full window)."""
+        room = max(limit - len(buf), 0)
+        buf += data[:room]
+        self.dropped += len(data) - min(room, len(data))
 
     def write(self, data: bytes) -> None:
         self._chan.sendall(data)
@@ -265,6 +281,8 @@ class RemoteProcess:
                 return line.decode(errors="replace")
             if self.eof:
                 return None
+            if len(self.out) > MAX_JSON_LINE:
+                raise GuestDataError(self.command, f"a line longer than {MAX_JSON_LINE} bytes", self.out[:200])
             self._pump(deadline, f"no answer in {timeout:.0f} s from {self.command}")
 
     def finish(self, deadline: float) -> int:

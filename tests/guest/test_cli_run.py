@@ -32,16 +32,42 @@ def test_run_smoke_on_6_1_writes_results_and_junit(kernels, tmp_path, capsys):
     assert "accel: tcg" in printed
 
 
-@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
-                                             (signal.SIGTERM, 143, "terminated")])
-def test_ctrl_c_or_sigterm_during_boot_leaves_no_qemu_and_no_private_dir(kernels, tmp_path, sig, code, said):
-    out = tmp_path / "boot"
+def _boot(out: Path, command: str) -> subprocess.Popen[str]:
     # As from a terminal: a test run started in the background of a script inherits SIGINT ignored,
     # and Python then installs no KeyboardInterrupt handler at all.
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "boot", "--kernel", "debian:6.1", "--accel", "tcg",
-                             "--out", str(out), "--command", "true"],
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "boot", "--kernel", "debian:6.1", "--accel", "tcg",
+                             "--out", str(out), "--command", command],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _booted_qemu(proc: subprocess.Popen[str], out: Path) -> int:
+    """Wait for the harness's "booted" line; QEMU's pid."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("booted"):
+            break
+    else:
+        raise AssertionError(f"never booted: {proc.communicate()}")
+    [qemu] = qemu_running(json.loads((out / "qemu-argv.json").read_text()))
+    return qemu
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated by SIGTERM"),
+                                             (signal.SIGHUP, 129, "terminated by SIGHUP")])
+def test_ctrl_c_sigterm_or_sighup_during_boot_leaves_no_qemu_and_no_private_dir(kernels, tmp_path, sig, code, said):
+    out = tmp_path / "boot"
+    proc = _boot(out, "true")
     # console.log appears right after QEMU started, a second or more before the kernel's first line
     # and two before SSH: the signal lands in the middle of the boot.
     console = out / "console.log"
@@ -63,3 +89,27 @@ def test_ctrl_c_or_sigterm_during_boot_leaves_no_qemu_and_no_private_dir(kernels
     hostfwd = next(a for a in argv if "hostfwd" in a)
     assert port_is_free(int(hostfwd.split("127.0.0.1:")[1].split("-")[0]))
 
+
+
+def test_a_second_sigterm_during_the_powerdown_still_kills_qemu(kernels, tmp_path):
+    """The first SIGTERM starts the soft shutdown (powerdown, up to 10 s); the second lands in its
+    wait and must go straight to the SIGKILL, not skip it."""
+    out = tmp_path / "twice"
+    proc = _boot(out, "sleep 60")
+    qemu = _booted_qemu(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "terminated by SIGTERM" in stderr and "Traceback" not in stderr
+    assert _gone_within(qemu, 5)
+
+
+def test_a_sigkilled_harness_takes_its_qemu_with_it(kernels, tmp_path):
+    out = tmp_path / "killed"
+    proc = _boot(out, "sleep 60")
+    qemu = _booted_qemu(proc, out)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _gone_within(qemu, 5), "QEMU outlived a SIGKILLed harness"

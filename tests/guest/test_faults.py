@@ -99,11 +99,12 @@ def test_every_fault_is_named_in_its_own_scenario(kernels, tmp_path, capsys):
     if got[3][1] in ("kernel soft-lockup", "kernel rcu-stall"):    # the two race to be reported first
         got[3] = ("fail", "kernel lockup")
     assert got == [("pass", ""), ("fail", "kernel warning"), ("fail", "kernel hung-task"), ("fail", "kernel lockup"),
-                   ("fail", "kernel oops"), ("error", "ssh-lost"), ("error", "qemu-exited"),
+                   ("fail", "kernel oops"), ("fail", "kernel oops"), ("error", "ssh-lost"), ("error", "qemu-exited"),
                    ("error", "hang"), ("error", "hang"), ("pass", "")], printed
-    _, warn, hung, lockup, oops, ssh, killed, stopped, spun, _ = r
+    _, warn, hung, lockup, oops, locked, ssh, killed, stopped, spun, last = r
     assert warn["findings"][0] == "kernel warning: WARNING in nh_ioctl"
     assert oops["findings"][0] == "kernel oops: BUG: kernel NULL pointer dereference in nh_debug_oops"
+    assert locked["findings"][0] == "kernel oops: BUG: kernel NULL pointer dereference in nh_debug_oops"
     assert any(f.startswith("kernel soft-lockup: BUG: soft lockup in nh_ioctl") for f in lockup["findings"])
     assert any(f.startswith("kernel rcu-stall: INFO: rcu detected stall in nh_ioctl") for f in lockup["findings"])
     assert any(f.startswith("kernel taint: L") for f in lockup["findings"])
@@ -113,6 +114,42 @@ def test_every_fault_is_named_in_its_own_scenario(kernels, tmp_path, capsys):
     assert "state T (stopped" in stopped["findings"][0]
     hang_txt = (out / spun["artifacts"] / "hang.txt").read_text()
     assert "info registers:" in hang_txt and "RIP=" in hang_txt
-    # The guest-side faults leave the guest usable; each lost machine costs one reboot.
-    assert json.loads((out / "results.json").read_text())["run"]["kernels"][0]["boots"] == 5
+    # A WARN keeps the guest; a hung task, a lockup and each Oops reboot it, and so does each lost machine.
+    rebooted = [x["artifacts"].split("/")[-1] for x in r if any("is rebooted before the next one" in n
+                                                                   for n in x["notes"])]
+    assert rebooted == ["fault.3", "fault.4", "fault.5", "fault.6"], rebooted
+    assert json.loads((out / "results.json").read_text())["run"]["kernels"][0]["boots"] == 9
+    assert_nothing_left(qemu_before, before)
+
+
+OOPS_THEN_CLEAN = """
+kernels: [debian:6.1, debian:6.12]
+machine: {accel: tcg}
+scenarios:
+  - {name: fault, fault: oops, timeout: 60}
+  - smoke
+  - mm-basic
+  - {name: fault, fault: oops-locked, timeout: 60}
+  - mm-basic
+seed: 3
+"""
+
+
+def test_an_oops_reboots_the_guest_and_the_next_scenarios_pass_on_their_own_slice(kernels, tmp_path, capsys):
+    """The Oops fails its own row with its title first; smoke after it judges only the boot before the
+    first scenario (not the previous row's Oops); an Oops that leaves a lock held costs a reboot, not
+    the next row's time limit."""
+    before, qemu_before = private_dirs(), qemu_pids()
+    code, out = run(OOPS_THEN_CLEAN, tmp_path, "oops")
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    r = rows(out)
+    assert [(x["scenario"], x["verdict"]) for x in r] == [("fault", "fail"), ("smoke", "pass"), ("mm-basic", "pass"),
+                                                         ("fault", "fail"), ("mm-basic", "pass")] * 2, printed
+    for x in r:
+        assert x["duration_s"] < 40, x       # nobody waited out a time limit
+        if x["scenario"] == "fault":
+            assert x["findings"][0] == "kernel oops: BUG: kernel NULL pointer dereference in nh_debug_oops"
+            assert any("the guest is rebooted before the next one" in n for n in x["notes"])
+    assert [k["boots"] for k in json.loads((out / "results.json").read_text())["run"]["kernels"]] == [3, 3]
     assert_nothing_left(qemu_before, before)

@@ -38,15 +38,21 @@ def test_a_run_against_itself_has_no_change(capsys):
     assert "no scenario changed (3 compared)" in capsys.readouterr().out
 
 
-def test_different_scenario_sets_are_compared_where_they_overlap(tmp_path, capsys):
-    shutil.copytree(RUNS / "patched", tmp_path / "fewer")
+def test_rows_missing_from_b_are_a_regression_and_rows_only_in_b_are_not(tmp_path, capsys):
+    """A patched run killed after one scenario never ran the rest: a CI gate must not pass on it."""
+    shutil.copytree(RUNS / "baseline", tmp_path / "fewer")
     doc = json.loads((tmp_path / "fewer" / "results.json").read_text())
     doc["results"] = [r for r in doc["results"] if r["scenario"] != "mm-basic"]
     (tmp_path / "fewer" / "results.json").write_text(json.dumps(doc))
     c = compare(load_run(RUNS / "baseline"), load_run(tmp_path / "fewer"))
-    assert c.only_a == ["6.1.0-56-cloud-amd64 mm-basic"] and len(c.changes) == 1
-    main(["compare", str(RUNS / "baseline"), str(tmp_path / "fewer")])
-    assert "only in A (not compared): 6.1.0-56-cloud-amd64 mm-basic" in capsys.readouterr().out
+    assert c.only_a == ["6.1.0-56-cloud-amd64 mm-basic"] and not c.changes and c.regressed
+    assert main(["compare", str(RUNS / "baseline"), str(tmp_path / "fewer")]) == 1
+    assert "MISSING in B (1, a regression: B did not run them): 6.1.0-56-cloud-amd64 mm-basic" in \
+        capsys.readouterr().out
+    c = compare(load_run(tmp_path / "fewer"), load_run(RUNS / "baseline"))
+    assert c.only_b == ["6.1.0-56-cloud-amd64 mm-basic"] and not c.regressed
+    assert main(["compare", str(tmp_path / "fewer"), str(RUNS / "baseline")]) == 0
+    assert "only in B (not compared): 6.1.0-56-cloud-amd64 mm-basic" in capsys.readouterr().out
 
 
 def test_findings_are_compared_without_what_varies_between_runs():
@@ -54,10 +60,46 @@ def test_findings_are_compared_without_what_varies_between_runs():
         "khugepaged: [missing]: start #N pid N (Ns)"
 
 
+def _baseline_with(change):
+    def make(d):
+        doc = json.loads((RUNS / "baseline" / "results.json").read_text())
+        change(doc)
+        (d / "results.json").write_text(json.dumps(doc))
+    return make
+
+
+def _set(path, value):
+    def change(doc):
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return change
+
+
+def _drop(path):
+    def change(doc):
+        node = doc
+        for key in path[:-1]:
+            node = node[key]
+        del node[path[-1]]
+    return change
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: None, "is not a run directory: it has no results.json"),
-    (lambda d: (d / "results.json").write_text("{"), "cannot be read"),
-    (lambda d: (d / "results.json").write_text('{"schema": "other"}'), "is not a notifier-harness results file"),
+    (lambda d: (d / "results.json").write_text("{"), "is not valid JSON"),
+    (lambda d: (d / "results.json").write_text('{"schema": "other"}'), "not a notifier-harness results file"),
+    (lambda d: (d / "results.json").write_bytes(b"\xff\xfe\x00binary"), "is not UTF-8 text"),
+    (lambda d: (d / "results.json").write_text("[" * 100000 + "]" * 100000), "is not valid JSON"),
+    (lambda d: (d / "results.json").write_text("[]"), "not a JSON object"),
+    (_baseline_with(_drop(["run"])), "'run' is missing or not an object"),
+    (_baseline_with(_drop(["results"])), "'results' is missing or not a list"),
+    (_baseline_with(_set(["run", "config", "kernels"], "debian:6.1")), "'run.config.kernels' is missing"),
+    (_baseline_with(_drop(["results", 0, "kernel_spec"])), "results[0].kernel_spec is missing or not a string"),
+    (_baseline_with(_set(["results", 1, "verdict"], "great")), "results[1].verdict is 'great', not one of"),
+    (_baseline_with(_set(["results", 0, "findings"], [1, {"a": 2}])), "results[0].findings is not a list of strings"),
+    (_baseline_with(_set(["results", 0], "row")), "results[0] is not an object"),
 ])
 def test_not_a_run_is_a_clear_error(tmp_path, capsys, make, message):
     make(tmp_path)
@@ -65,7 +107,9 @@ def test_not_a_run_is_a_clear_error(tmp_path, capsys, make, message):
         load_run(tmp_path)
     assert message in str(e.value)
     assert main(["compare", str(tmp_path), str(RUNS / "baseline")]) == 2
-    assert message in capsys.readouterr().err
+    assert main(["compare", str(RUNS / "baseline"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 2
 
 
 def test_repro_of_something_that_is_not_a_run(tmp_path, capsys):
@@ -79,3 +123,17 @@ def test_repro_of_a_scenario_the_run_does_not_have(tmp_path, capsys):
     assert "nosuch is not a scenario of the run" in capsys.readouterr().err
     assert main(["repro", str(tmp_path / "run" / "6.99" / "smoke")]) == 2
     assert "6.99 is not a kernel of the run" in capsys.readouterr().err
+
+
+def test_repro_of_a_kernel_that_never_resolved_reruns_it(tmp_path, capsys):
+    """The repro hint of a kernel that could not be had names a directory that exists, and repro of it
+    tries that kernel again (and says why it still cannot be had)."""
+    out = tmp_path / "run"
+    assert main(["run", "--kernel", f"tree:{tmp_path / 'no-such-tree'}", "--scenario", "smoke",
+                 "--out", str(out)]) == 2
+    printed = capsys.readouterr().out
+    hint = next(line.split("repro ", 1)[1] for line in printed.splitlines() if "repro: notifier-harness repro" in line)
+    assert Path(hint).is_dir() and "no-such-tree" in (Path(hint) / "error.txt").read_text()
+    assert main(["repro", hint, "--out", str(tmp_path / "again")]) == 2
+    [row] = json.loads((tmp_path / "again" / "results.json").read_text())["results"]
+    assert row["verdict"] == "error" and "no-such-tree" in row["findings"][0]

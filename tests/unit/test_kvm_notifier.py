@@ -56,7 +56,7 @@ def ksm_trace(**kw) -> list:
 
 def test_parse_trace_reads_the_kvm_formats_and_kprobes():
     events = trace(unmap(S, S + 0x1000), age(S, S + 0x2000), young_test(S + 0x3000), set_spte(S),
-                   line("kvm_release", "(kvm_mmu_notifier_release+0x0/0x60 [kvm])"), "garbage line")
+                   line("kvm_release", "(kvm_mmu_notifier_release+0x0/0x60 [kvm])"), "CPU:1 [LOST 3 EVENTS]", "")
     assert [(e.name, e.start, e.end) for e in events] == [
         ("kvm_unmap_hva_range", S, S + 0x1000), ("kvm_age_hva", S, S + 0x2000),
         ("kvm_test_age_hva", S + 0x3000, 0), ("kvm_set_spte_hva", S, 0), ("kvm_release", 0, 0)]

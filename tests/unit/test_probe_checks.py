@@ -111,7 +111,7 @@ def test_ksmd_timeout_carries_the_counters():
 def test_garbage_from_the_workload_is_an_error():
     from harness.scenarios.probe import run_mmops
     g = guest({"/opt/nh/bin/nhctl": (0, START + "Segmentation fault\n")})
-    with pytest.raises(GuestError, match="printed something that is not JSON: 'Segmentation fault'"):
+    with pytest.raises(GuestError, match=r"x: mmops: not JSON \(.*\): 'Segmentation fault'"):
         run_mmops(g, "x", ["map:A:1M"])
 
 

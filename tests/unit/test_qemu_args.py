@@ -64,3 +64,9 @@ def test_kernel_cmdline_carries_the_run_key_without_spaces():
     assert "console=ttyS0" in words and "panic=-1" in words and words[-1] == "nokaslr"
     assert "nh.sshkey=ecdsa-sha2-nistp256:AAAAE2VjZHNh" in words
     assert opt(qemu_argv(plan("tcg")), "-append") == [kernel_cmdline(plan("tcg"))]
+
+
+def test_a_comma_in_a_path_cannot_add_qemu_options():
+    """$TMPDIR=/tmp/x,server=off would otherwise end the path and add an option of its own."""
+    argv = qemu_argv(plan("tcg", qmp_socket=Path("/tmp/a,wait=on,server=off/qmp.sock")))
+    assert "socket,id=qmp,path=/tmp/a,,wait=on,,server=off/qmp.sock,server=on,wait=off" in opt(argv, "-chardev")

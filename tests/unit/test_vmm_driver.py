@@ -72,7 +72,7 @@ def test_answers_carry_ret_and_errno_back():
 
 
 @pytest.mark.parametrize("said,message", [
-    ("Segmentation fault", "something that is not JSON"),
+    ("Segmentation fault", "answered 'get' with bad data (minivmm: not JSON"),
     ('{"op": "read", "ret": 0, "errno": 0}', "out of turn"),
     ('{"op": "get", "error": "KVM_RUN: the L2 did not exit in 20 s"}', "could not do 'get': KVM_RUN"),
     (None, "exited (status 0) instead of answering 'get'"),
