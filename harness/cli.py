@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 from harness.config import ACCELERATORS, Config, load_config, with_overrides
 from harness.errors import HarnessError
 from harness.printable import printable
-from harness.scenarios import SCENARIOS
+from harness.scenarios import KNOBS, SCENARIOS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "default.yaml"
@@ -34,9 +34,9 @@ def _progress(line: str) -> None:
 
 
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(Path(args.config), known_scenarios=SCENARIOS)
+    config = load_config(Path(args.config), known_scenarios=KNOBS)
     return with_overrides(config, kernels=args.kernel or (), scenarios=getattr(args, "scenario", None) or (),
-                          seed=getattr(args, "seed", None), accel=args.accel, known_scenarios=SCENARIOS)
+                          seed=getattr(args, "seed", None), accel=args.accel, known_scenarios=KNOBS)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -74,7 +74,8 @@ def cmd_repro(args: argparse.Namespace) -> int:
         raise RunDirError(f"{args.scenario_dir} is not a scenario of a run: expected RUN_DIR/KERNEL/SCENARIO "
                           f"or RUN_DIR/SCENARIO with RUN_DIR/results.json")
     run = load_run(run_dir)
-    config = run.config(known_scenarios=SCENARIOS)
+    # The names only: a run directory written before scenarios declared their knobs lists every knob.
+    config = run.config(known_scenarios=frozenset(SCENARIOS))
     # A kernel's directory is named by its release, or by its spec when it never resolved.
     kernels = {release_dir(k.get("release") or k["spec"]): k["spec"] for k in run.document["run"].get("kernels", [])}
     if target.parent == run_dir:          # RUN_DIR/SCENARIO: every kernel of the run
@@ -144,7 +145,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("scenarios:")
     for name, scenario in sorted(SCENARIOS.items()):
         print(f"  {name:24} {scenario.description}")
-    config = load_config(Path(args.config), known_scenarios=SCENARIOS)
+    config = load_config(Path(args.config), known_scenarios=KNOBS)
     print(f"kernels in {args.config}:")
     for spec in config.kernels:
         print(f"  {spec.text}")

@@ -8,10 +8,11 @@ how a harness lies.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Optional, Sequence
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence, Union
 
 import yaml
 
@@ -20,6 +21,19 @@ from harness.kernelspec import KernelSpec, parse_kernel_spec
 
 ACCELERATORS = ("auto", "kvm", "tcg")
 MIN_MEMORY_MIB = 256
+# No config of ours is larger; a bigger file is a mistake (or an attack on the parser).
+MAX_CONFIG_BYTES = 1 << 20
+# A week: longer is a typo, and a number of seconds must be finite (a NaN limit is no limit).
+MAX_SECONDS = 7 * 24 * 3600.0
+# Kernel command-line parameters the harness sets itself: the console it reads, the panic
+# behaviour it relies on, the init it boots and the key its SSH trusts.  A config may not
+# override them (the last nh.sshkey= would win: whoever holds that key gets root in the guest).
+OWNED_CMDLINE = ("console", "panic", "rdinit", "init")
+OWNED_CMDLINE_PREFIX = "nh."
+
+# The scenarios a config may name: just the names, or each name with the keys it accepts
+# besides `name` and `timeout` (harness.scenarios.KNOBS).
+KnownScenarios = Union[Collection[str], Mapping[str, Collection[str]]]
 
 
 @dataclass(frozen=True)
@@ -81,12 +95,16 @@ class Config:
     source: str = "<built-in>"
 
     def to_dict(self) -> dict[str, Any]:
-        """The resolved config, as written into a run directory; it loads back as the same Config."""
+        """The resolved config, as written into a run directory; it loads back as the same Config.  A
+        scenario's knobs appear where they differ from the default: the ones it was given."""
+        defaults = ScenarioConfig(name="")
         return {
             "source": self.source,
             "kernels": [k.text for k in self.kernels],
             "machine": {key: getattr(self.machine, attr) for key, (attr, _) in _MACHINE_KEYS.items()},
-            "scenarios": [{"name": s.name, **{key: getattr(s, attr) for key, (attr, _) in _SCENARIO_KEYS.items()}}
+            "scenarios": [{"name": s.name, "timeout": s.timeout_s,
+                           **{key: getattr(s, attr) for key, (attr, _) in _SCENARIO_KEYS.items()
+                              if key != "timeout" and getattr(s, attr) != getattr(defaults, attr)}}
                           for s in self.scenarios],
             "seed": self.seed,
         }
@@ -107,8 +125,9 @@ def _int_in(lo: int, hi: int) -> Callable[[Any, str], int]:
 
 
 def _seconds(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise _fail(path, value, "expected a positive number of seconds")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= MAX_SECONDS):
+        raise _fail(path, value, f"expected a positive number of seconds, at most {MAX_SECONDS:.0f}")
     return float(value)
 
 
@@ -142,8 +161,13 @@ def parse_accel(value: Any, path: str) -> str:
 
 
 def _cmdline(value: Any, path: str) -> str:
-    if not isinstance(value, str) or "\n" in value:
-        raise _fail(path, value, "expected one line of kernel command-line arguments")
+    if not isinstance(value, str) or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _fail(path, value, "expected one line of kernel command-line arguments without control characters")
+    for word in value.split():
+        key = word.split("=", 1)[0]
+        if key in OWNED_CMDLINE or key.startswith(OWNED_CMDLINE_PREFIX):
+            raise _fail(path, value, f"{key}= is set by the harness itself (it owns "
+                                     f"{', '.join(k + '=' for k in OWNED_CMDLINE)} and {OWNED_CMDLINE_PREFIX}*)")
     return value
 
 
@@ -211,7 +235,7 @@ def _parse_machine(data: Any) -> MachineConfig:
     return MachineConfig(**fields)
 
 
-def _parse_scenario(item: Any, path: str, known: Optional[Collection[str]]) -> ScenarioConfig:
+def _parse_scenario(item: Any, path: str, known: Optional[KnownScenarios]) -> ScenarioConfig:
     if isinstance(item, str):
         item = {"name": item}
     item = _mapping(item, path)
@@ -222,6 +246,13 @@ def _parse_scenario(item: Any, path: str, known: Optional[Collection[str]]) -> S
     if known is not None and name not in known:
         raise ConfigError(f"{path}: unknown scenario {name!r}; valid scenarios: "
                           f"{', '.join(sorted(known))}")
+    if isinstance(known, Mapping):
+        # Each scenario reads its own knobs: one it does not read would be silently ignored.
+        accepted = {"name", "timeout", *known[name]}
+        for key in item:
+            if key not in accepted:
+                raise ConfigError(f"{path}.{key}: scenario {name!r} does not read {key!r}; its keys: "
+                                  f"{', '.join(sorted(accepted))}")
     fields = {attr: parse(item[key], f"{path}.{key}")
               for key, (attr, parse) in _SCENARIO_KEYS.items() if key in item}
     return ScenarioConfig(name=name, **fields)
@@ -234,7 +265,7 @@ def _nonempty_list(value: Any, path: str) -> Sequence[Any]:
 
 
 def parse_config(data: Any, source: str = "<string>",
-                 known_scenarios: Optional[Collection[str]] = None) -> Config:
+                 known_scenarios: Optional[KnownScenarios] = None) -> Config:
     """Validate an already-loaded YAML document."""
     try:
         data = _mapping(data, "top level")
@@ -258,27 +289,59 @@ def parse_config(data: Any, source: str = "<string>",
                   seed=seed, source=source)
 
 
-def load_config(path: Path, known_scenarios: Optional[Collection[str]] = None) -> Config:
-    """Read and validate a YAML config file."""
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML says "last wins": `seed: 1`
+    then `seed: 2` would run seed 2 with nobody told)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)   # type: ignore[no-untyped-call]
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"key {key!r} given twice, at line {seen[key]} and at line {line}")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _read_text(path: Path) -> str:
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {len(data)} bytes; a config is at most {MAX_CONFIG_BYTES >> 10} KiB")
     try:
-        data = yaml.safe_load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r})") from None
+
+
+def load_config(path: Path, known_scenarios: Optional[KnownScenarios] = None) -> Config:
+    """Read and validate a YAML config file."""
+    text = _read_text(path)
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    except ValueError as e:
+        # PyYAML builds integers with int(): one of thousands of digits is refused there.
+        raise ConfigError(f"{path}: a value cannot be read: {str(e)[:120]}") from None
     return parse_config(data, source=str(path), known_scenarios=known_scenarios)
 
 
 def with_overrides(config: Config, *, kernels: Sequence[str] = (), scenarios: Sequence[str] = (),
                    seed: Optional[int] = None, accel: Optional[str] = None,
-                   known_scenarios: Optional[Collection[str]] = None) -> Config:
+                   known_scenarios: Optional[KnownScenarios] = None) -> Config:
     """Apply CLI flags on top of a loaded config, validating them the same way.
 
     `--scenario` selects among the config's scenarios (keeping their knobs) and

@@ -19,4 +19,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
 # Scenarios that test the harness itself (fault injection): never in the default configs.
 SELF_TESTS = frozenset({"fault"})
 
-__all__ = ["SCENARIOS", "SELF_TESTS", "Scenario", "ScenarioContext"]
+# What the config accepts for each scenario besides `name` and `timeout`.
+KNOBS: dict[str, frozenset[str]] = {name: s.knobs for name, s in SCENARIOS.items()}
+
+__all__ = ["KNOBS", "SCENARIOS", "SELF_TESTS", "Scenario", "ScenarioContext"]

@@ -26,6 +26,7 @@ from harness.verdict import Verdict
 class Aging:
     name = "aging"
     description = "test_young from khugepaged on old PTEs only; clear_flush_young/clear_young from reclaim by version"
+    knobs = frozenset({"probe_corrupt", "reclaim", "khugepaged_timeout"})
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest

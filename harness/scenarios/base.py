@@ -33,6 +33,8 @@ class ScenarioContext:
 class Scenario(Protocol):
     name: str
     description: str
+    # The config keys it reads besides `name` and `timeout`: any other key given for it is an error.
+    knobs: frozenset[str]
 
     def run(self, ctx: ScenarioContext) -> Verdict: ...
 
@@ -43,6 +45,7 @@ class NeedsKvm:
 
     name = ""
     description = ""
+    knobs: frozenset[str] = frozenset({"probe_corrupt"})
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         reason = prepare_kvm(ctx.guest)

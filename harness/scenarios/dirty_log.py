@@ -275,6 +275,7 @@ class DirtyLog(NeedsKvm):
     name = "dirty-log"
     description = ("KVM_GET/CLEAR_DIRTY_LOG, manual protect and INITIALLY_SET against the model: seeded random "
                    "sequences on a real VM, failures shrunk to a minimal sequence")
+    knobs = frozenset({"examples", "steps", "vmm_corrupt"})
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config

@@ -43,6 +43,7 @@ HOST = ("qemu-stop", "qemu-kill", "ssh-cut")
 class Fault:
     name = "fault"
     description = "inject a configured kernel or host fault mid-scenario (the harness's own crash handling test)"
+    knobs = frozenset({"fault", "probe_corrupt"})
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest

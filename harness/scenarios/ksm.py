@@ -11,6 +11,7 @@ from harness.verdict import Verdict
 class Ksm:
     name = "ksm"
     description = "ksmd merges identical pages (CLEAR per page, change_pte on 6.1), COW on write, unmerge, data intact"
+    knobs = frozenset({"probe_corrupt", "ksm_pages", "ksm_timeout"})
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config

@@ -148,6 +148,7 @@ class KvmKsm(NeedsKvm):
     name = "kvm-ksm"
     description = ("ksmd merges the L2's identical pages under KVM (unmap per page, set_spte on 6.1); the L2 "
                    "reads them intact, writes one, and every other page still reads right")
+    knobs = frozenset({"probe_corrupt", "ksm_pages", "ksm_timeout"})
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config
@@ -196,6 +197,7 @@ class KvmOom(NeedsKvm):
     name = "kvm-oom"
     description = ("the VMM, in a small memcg, is OOM-killed while its L2 writes: KVM's release is called, the "
                    "VM is destroyed, probe and KVM agree, the memcg empties")
+    knobs = frozenset({"probe_corrupt", "memcg_max", "alloc", "reaper_wait"})
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest

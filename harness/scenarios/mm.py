@@ -21,6 +21,7 @@ class Script:
 class ProbeScenario:
     name = ""
     description = ""
+    knobs = frozenset({"probe_corrupt"})
     scripts: Sequence[Script] = ()
 
     def run(self, ctx: ScenarioContext) -> Verdict:

@@ -29,6 +29,7 @@ class Variant:
 class MemcgOomScenario:
     name = ""
     description = ""
+    knobs = frozenset({"probe_corrupt", "memcg_max", "alloc", "reaper_wait"})
     variants: tuple[Variant, ...] = ()
 
     def run(self, ctx: ScenarioContext) -> Verdict:

@@ -18,6 +18,7 @@ def boot_part(dmesg: str) -> str:
 class Smoke:
     name = "smoke"
     description = "uname -r is the expected release, /dev/kvm appears after loading KVM, no oops at boot"
+    knobs: frozenset[str] = frozenset()
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         guest = ctx.guest

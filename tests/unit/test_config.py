@@ -18,16 +18,16 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_default_config_is_6_1_with_every_scenario():
-    from harness.scenarios import SCENARIOS, SELF_TESTS
-    c = load_config(REPO / "configs" / "default.yaml", known_scenarios=SCENARIOS)
+    from harness.scenarios import KNOBS, SCENARIOS, SELF_TESTS
+    c = load_config(REPO / "configs" / "default.yaml", known_scenarios=KNOBS)
     assert [k.text for k in c.kernels] == ["debian:6.1"]
     assert c.machine.cpus == 2 and c.machine.memory_mib == 2048 and c.machine.accel == "auto"
     assert {s.name for s in c.scenarios} == set(SCENARIOS) - SELF_TESTS
 
 
 def test_matrix_config_has_6_1_and_6_12():
-    from harness.scenarios import SCENARIOS
-    c = load_config(REPO / "configs" / "matrix.yaml", known_scenarios=SCENARIOS)
+    from harness.scenarios import KNOBS
+    c = load_config(REPO / "configs" / "matrix.yaml", known_scenarios=KNOBS)
     assert [k.series for k in c.kernels] == ["6.1", "6.12"]
 
 
@@ -60,7 +60,7 @@ seed: 7
     ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cpus: 0}\n",
      "machine.cpus: 0 is not valid; expected an integer from 1 to 64"),
     ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {boot_timeout: -1}\n",
-     "machine.boot_timeout: -1 is not valid; expected a positive number of seconds"),
+     "machine.boot_timeout: -1 is not valid; expected a positive number of seconds, at most 604800"),
     ("kernels: [debian:6.1]\nscenarios: [nosuch]\n",
      "scenarios[0]: unknown scenario 'nosuch'; valid scenarios: other, smoke"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timout: 3}]\n",
@@ -129,3 +129,73 @@ def test_resolved_config_loads_back_as_the_same_config():
     data = c.to_dict()
     source = data.pop("source")
     assert parse_config(data, source=source, known_scenarios=KNOWN) == c
+
+
+KNOBS = {"smoke": frozenset(), "ksm": frozenset({"ksm_pages", "ksm_timeout", "probe_corrupt"})}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("kernels: [debian:6.1]\nseed: 1\nscenarios: [smoke]\nseed: 2\n",
+     "key 'seed' given twice, at line 2 and at line 4"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: ksm, ksm_pages: 4, ksm_pages: 8}]\n",
+     "key 'ksm_pages' given twice, at line 2 and at line 2"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: smoke, ksm_pages: 5}]\n",
+     "scenarios[0].ksm_pages: scenario 'smoke' does not read 'ksm_pages'; its keys: name, timeout"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timeout: .nan}]\n",
+     "scenarios[0].timeout: nan is not valid; expected a positive number of seconds, at most 604800"),
+    ("kernels: [debian:6.1]\nscenarios: [{name: ksm, ksm_timeout: .inf}]\n",
+     "scenarios[0].ksm_timeout: inf is not valid; expected a positive number of seconds, at most 604800"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cmdline: \"quiet nh.sshkey=ecdsa:AAAA\"}\n",
+     "machine.cmdline: 'quiet nh.sshkey=ecdsa:AAAA' is not valid; nh.sshkey= is set by the harness itself"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cmdline: \"console=tty0\"}\n",
+     "machine.cmdline: 'console=tty0' is not valid; console= is set by the harness itself"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cmdline: \"rdinit=/bin/sh\"}\n",
+     "machine.cmdline: 'rdinit=/bin/sh' is not valid; rdinit= is set by the harness itself"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cmdline: \"quiet\\0x\"}\n",
+     "machine.cmdline: 'quiet\\x00x' is not valid; expected one line of kernel command-line arguments without "
+     "control characters"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nmachine: {cmdline: \"a\\x1bb\"}\n",
+     "machine.cmdline: 'a\\x1bb' is not valid; expected one line"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nseed: " + "9" * 5000 + "\n", "a value cannot be read"),
+    ("kernels: [debian:6.1]\nscenarios: [smoke]\nseed: " + "[" * 5000 + "]" * 5000 + "\n",
+     "nested too deeply to be a config"),
+])
+def test_bad_config_files_are_one_line_and_exit_2(tmp_path, capsys, text, message):
+    from harness.cli import main
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, known_scenarios=KNOBS)
+    assert str(e.value).startswith(f"{path}: {message}")
+    assert main(["run", "-c", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert message.split(";")[0] in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"kernels: [debian:6.1]\nscenarios: [smoke]\n# \xff\xfe\n", "not UTF-8 text (byte 43: b'\\xff')"),
+    (b"kernels: [debian:6.1]\n" + b"#" * (2 << 20), "bytes; a config is at most 1024 KiB"),
+])
+def test_config_files_that_are_not_text(tmp_path, capsys, data, message):
+    from harness.cli import main
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert message in str(e.value)
+    assert main(["run", "-c", str(path)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_resolved_config_keeps_only_the_knobs_given():
+    c = parse_config({"kernels": ["debian:6.1"], "scenarios": ["smoke", {"name": "ksm", "ksm_pages": 8}]},
+                     known_scenarios=KNOBS)
+    assert c.to_dict()["scenarios"] == [{"name": "smoke", "timeout": 300.0},
+                                        {"name": "ksm", "timeout": 300.0, "ksm_pages": 8}]
+    data = c.to_dict()
+    assert parse_config(data, source=data.pop("source"), known_scenarios=KNOBS) == c
+
+
+def test_every_knob_a_scenario_declares_is_a_config_key():
+    from harness.config import _SCENARIO_KEYS
+    from harness.scenarios import KNOBS as REAL
+    assert set().union(*REAL.values()) <= set(_SCENARIO_KEYS)
