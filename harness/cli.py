@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from harness.config import ACCELERATORS, Config, load_config, with_overrides
-from harness.errors import HarnessError
+from harness.debuglog import kept_in, verbose_to_stderr
+from harness.errors import HarnessError, OutputError
 from harness.printable import printable
 from harness.scenarios import KNOBS, SCENARIOS
 
@@ -127,7 +128,11 @@ def cmd_boot(args: argparse.Namespace) -> int:
     accel = choose_accel(config.machine.accel, probe_host())
     _log(f"accel: {accel.accel} ({accel.reason})")
     out = Path(args.out) if args.out else new_run_dir()
-    with Machine(prepared.image, config.machine, accel, out, log=_log) as machine:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot write into {out}: {e.strerror}") from None
+    with kept_in(out / "harness.log"), Machine(prepared.image, config.machine, accel, out, log=_log) as machine:
         _log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used}); "
              f"console log: {out / 'console.log'}")
         if args.command:
@@ -214,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(bench)
     bench.add_argument("--repeats", type=int, default=5, help="boots per measurement (default: %(default)s)")
     bench.set_defaults(func=cmd_bench)
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="debug lines on stderr: QEMU argv, QMP traffic, SSH commands with status and "
+                                  "duration, cache hits and builds (a run keeps them in harness.log anyway)")
     return parser
 
 
@@ -236,6 +245,8 @@ UNWIND_ON = (signal.SIGTERM, signal.SIGHUP)
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        verbose_to_stderr()
     previous = {signum: signal.signal(signum, _terminate) for signum in UNWIND_ON}
     try:
         return int(args.func(args))

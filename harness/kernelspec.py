@@ -74,8 +74,10 @@ def parse_kernel_spec(text: str) -> KernelSpec:
                               flavour=m.group(2) or DEFAULT_FLAVOUR)
         raise ConfigError(f"kernel spec {text!r}: {rest!r} is not a Debian kernel series "
                           f"(like 6.1) or version (like 6.1.0-56 or 6.12.117+deb12)")
+    if "\0" in text:
+        raise ConfigError(f"kernel spec {text!r} contains a NUL byte; {_HELP}")
     if kind == "tree":
-        return KernelSpec(kind="tree", text=text, path=Path(rest).expanduser())
+        return KernelSpec(kind="tree", text=text, path=_expand(text, rest))
     if kind == "image":
         image, _, opts = rest.partition(",")
         modules: Optional[Path] = None
@@ -84,11 +86,22 @@ def parse_kernel_spec(text: str) -> KernelSpec:
             if key != "modules" or not eq or not value:
                 raise ConfigError(f"kernel spec {text!r}: unknown option {opt!r}; "
                                   f"the only option is modules=DIR")
-            modules = Path(value).expanduser()
+            modules = _expand(text, value)
         if not image:
             raise ConfigError(f"kernel spec {text!r} names no image file; {_HELP}")
         if modules is None:
             raise ConfigError(f"kernel spec {text!r} needs its modules directory: "
                               f"image:PATH,modules=DIR")
-        return KernelSpec(kind="image", text=text, path=Path(image).expanduser(), modules=modules)
+        return KernelSpec(kind="image", text=text, path=_expand(text, image), modules=modules)
     raise ConfigError(f"kernel spec {text!r}: unknown kind {kind!r}; {_HELP}")
+
+
+def _expand(text: str, path: str) -> Path:
+    """~ and ~user as the shell would; a user with no home is the spec's error."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        user = path[1:].split("/", 1)[0]
+        why = f"there is no user {user!r}" if user else "the home directory is unknown"
+        raise ConfigError(f"kernel spec {text!r}: cannot expand ~{user}: {why}; "
+                          f"write the path in full") from None

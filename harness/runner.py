@@ -5,6 +5,7 @@ pair whatever happens, so a broken kernel costs its own rows and no more."""
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 import secrets
@@ -21,6 +22,7 @@ from harness.artifacts.kernel import Kernel
 from harness.artifacts.prepare import Prepared, prepare
 from harness.config import Config, ScenarioConfig
 from harness.console_reports import classify
+from harness.debuglog import kept_in
 from harness.errors import CommandTimeout, GuestError, HarnessError, MachineLost, OutputError
 from harness.guest import Guest
 from harness.guest_data import parse_int, quote
@@ -37,6 +39,7 @@ from harness.vm.machine import Machine
 from harness.verdict import Result, Verdict
 
 Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 # A guest that cannot run `true` in this long after its scenario ran out of time is hung.
 HANG_PROBE_S = 10.0
 
@@ -119,6 +122,10 @@ class Run:
             (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         except OSError as e:
             raise OutputError(f"cannot write into the run directory {self.out_dir}: {e.strerror}") from None
+        with kept_in(self.out_dir / "harness.log"):
+            return self._execute()
+
+    def _execute(self) -> list[Result]:
         accel = choose_accel(self.config.machine.accel, probe_host())
         self.log(f"accel: {accel.accel} ({accel.reason})")
         self.log(f"run directory: {self.out_dir}")
@@ -209,6 +216,7 @@ class Run:
                               console_tail=console.tail, init_failures=tuple(console.init_failures),
                               host_fault=machine.inject_host_fault)
         self.progress(f"{kernel.release} {sc.name}")
+        logger.debug("scenario %s (%s) on %s: begin, time limit %.0f s", sc.name, sdir.name, kernel.release, sc.timeout_s)
         start = time.monotonic()
         offset = machine.console_offset()
         dropped_before = console.dropped
@@ -264,6 +272,8 @@ class Run:
         if console.dropped > dropped_before:
             notes.append(f"console flood: {console.dropped - dropped_before} bytes of console output were "
                          f"not kept (console.log keeps {LOG_LIMIT >> 20} MiB per boot)")
+        logger.debug("scenario %s: %s, %d kernel report(s), taint %d -> %d", sc.name, verdict.status, len(reports),
+                  taint_before, taint_after)
         why = reboot_reason(reports, taint_after & ~taint_before)
         after = "lost" if lost is not None else "reboot" if why else "keep"
         if after == "reboot":

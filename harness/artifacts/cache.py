@@ -1,9 +1,15 @@
-"""The cache directory shared by all runs of one user."""
+"""The cache directory shared by all runs of one user.
+
+Each kind of artifact has its own subdirectory of entries; harness.artifacts.publish
+says how an entry is built, published and shared between concurrent runs.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from harness.errors import ArtifactError
 
 
 def cache_root() -> Path:
@@ -14,5 +20,13 @@ def cache_root() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
         root = Path(base) / "notifier-harness"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "it exists and is not a directory" if isinstance(e, FileExistsError) else e.strerror
+        raise ArtifactError(f"cache directory {root} is unusable: {reason}; it must be a writable "
+                            f"directory (set NOTIFIER_HARNESS_CACHE to choose another)") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cache directory {root} is not writable; set NOTIFIER_HARNESS_CACHE "
+                            f"to a writable directory")
     return root

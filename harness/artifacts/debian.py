@@ -5,6 +5,8 @@ packages of one exact kernel ABI; `dpkg-deb -x` unpacks them into a cache
 directory keyed by the release.  The headers' top Makefile includes the
 `-common` tree by its absolute /usr/src path; it is rewritten to point into
 the cache so out-of-tree modules build against the extraction as it lies.
+The extraction is one cache entry (harness.artifacts.publish): concurrent runs
+share one download, and the packages themselves are not kept.
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+from harness.artifacts.publish import is_complete, publish
 from harness.errors import ArtifactError
 from harness.kernelspec import KernelSpec
-
-_COMPLETE = ".complete"
 
 
 def _run(argv: Sequence[str], cwd: Optional[Path] = None) -> str:
@@ -69,7 +69,7 @@ def resolve_release(spec: KernelSpec, cache: Path) -> str:
     if newest:
         return newest
     # apt knows nothing (no lists yet, or offline): a cached kernel of the series still serves.
-    cached = [p.name for p in (cache / "kernels" / "debian").glob("*") if (p / _COMPLETE).exists()]
+    cached = [p.name for p in (cache / "kernels" / "debian").glob("*") if is_complete(p)]
     newest = pick_newest_release([f"linux-image-{n}" for n in cached], spec.series, spec.flavour)
     if newest:
         return newest
@@ -112,34 +112,33 @@ def _package_set(release: str) -> list[str]:
 
 
 def fetch(release: str, cache: Path) -> DebianKernel:
-    """Download and unpack one exact release into the cache (once)."""
+    """Download and unpack one exact release into the cache (once, whoever asks at the same time)."""
     final = cache / "kernels" / "debian" / release
-    if (final / _COMPLETE).exists():
+    if is_complete(final):
         return _paths(release, final)
     known = _run(["apt-cache", "pkgnames", f"linux-image-{release}"]).split()
     if f"linux-image-{release}" not in known:
         raise ArtifactError(f"Debian kernel {release} does not exist: apt has no package "
                             f"linux-image-{release}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{release}-", dir=final.parent) as tmp:
-        debs, root = Path(tmp) / "debs", Path(tmp) / "root"
+
+    def unpack(root: Path) -> None:
+        debs = root / ".debs"
         debs.mkdir()
-        root.mkdir()
-        # apt drops privileges to _apt when it can; a 0755 directory lets it write.
+        # apt drops privileges to _apt when it can; world-writable lets it write here.
+        root.chmod(0o755)
         debs.chmod(0o777)
         _run(["apt-get", "download", "-q", *_package_set(release)], cwd=debs)
         for deb in sorted(debs.glob("*.deb")):
             _run(["dpkg-deb", "-x", str(deb), str(root)])
+        shutil.rmtree(debs)
         _relocate_headers(release, root)
-        if final.exists():
-            shutil.rmtree(final)
-        root.rename(final)
-    kernel = _paths(release, final)
-    for needed in (kernel.image, kernel.modules_dir, kernel.headers_dir / "Makefile"):
-        if not needed.exists():
-            raise ArtifactError(f"Debian kernel {release}: {needed.relative_to(final)} missing after unpacking")
-    (final / _COMPLETE).write_text(release + "\n")
-    return kernel
+        kernel = _paths(release, root)
+        for needed in (kernel.image, kernel.modules_dir, kernel.headers_dir / "Makefile"):
+            if not needed.exists():
+                raise ArtifactError(f"Debian kernel {release}: {needed.relative_to(root)} missing after unpacking")
+
+    publish(final, unpack)
+    return _paths(release, final)
 
 
 def _relocate_headers(release: str, root: Path) -> None:

@@ -1,18 +1,19 @@
 """Build what runs inside the guest: the probe module (Kbuild, per kernel) and
-the static workloads (gcc, once).  Both are cached by a hash of their sources;
-a build failure carries the compiler's own last lines."""
+the static workloads (gcc, once).  Both are cache entries (harness.artifacts.publish)
+keyed by a hash of their sources, and the module's also by the kernel's .config
+and Module.symvers; a build failure carries the compiler's own last lines."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.artifacts.kernel import Kernel
 from harness.artifacts.modules import parse_modinfo, read_module_bytes
+from harness.artifacts.publish import publish
 from harness.errors import ArtifactError
 
 GUEST = Path(__file__).resolve().parent.parent.parent / "guest"
@@ -20,6 +21,7 @@ WORKLOADS = ("nhctl", "mmops", "minivmm")
 # Where the guest finds them.
 GUEST_BIN = "/opt/nh/bin"
 GUEST_PROBE = "/opt/nh/nh_probe.ko"
+PROBE = "nh_probe.ko"
 NHCTL, MMOPS, MINIVMM = (f"{GUEST_BIN}/{w}" for w in WORKLOADS)
 
 
@@ -53,20 +55,33 @@ def build_workloads(cache: Path) -> dict[str, Path]:
     if gcc is None:
         raise ArtifactError("gcc is not installed; the guest workloads are built with it (make setup)")
     version = subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    out = cache / "workloads" / _digest(GUEST / "workloads", GUEST / "include", extra=version)[:16]
-    paths = {name: out / name for name in WORKLOADS}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    out.mkdir(parents=True, exist_ok=True)
-    for name, path in paths.items():
-        tmp = path.with_name(f".{name}.tmp")
-        proc = subprocess.run([gcc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{GUEST / 'include'}",
-                               "-o", str(tmp), str(GUEST / "workloads" / f"{name}.c")],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ArtifactError(f"building guest workload {name} failed:\n{_tail(proc.stderr)}")
-        tmp.replace(path)
-    return paths
+    entry = cache / "workloads" / _digest(GUEST / "workloads", GUEST / "include", extra=version)[:16]
+
+    def build(out: Path) -> None:
+        for name in WORKLOADS:
+            proc = subprocess.run([gcc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{GUEST / 'include'}",
+                                   "-o", str(out / name), str(GUEST / "workloads" / f"{name}.c")],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ArtifactError(f"building guest workload {name} failed:\n{_tail(proc.stderr)}")
+
+    publish(entry, build)
+    return {name: entry / name for name in WORKLOADS}
+
+
+def _config_digest(kernel: Kernel) -> str:
+    """What the module's build depends on besides its sources: the kernel's .config
+    (a change without MODVERSIONS leaves Module.symvers as it was) and its symbols."""
+    assert kernel.build_dir is not None
+    h = hashlib.sha256()
+    for f in (kernel.config or kernel.build_dir / ".config", kernel.build_dir / "Module.symvers"):
+        try:
+            h.update(f"{f.name} {hashlib.sha256(f.read_bytes()).hexdigest()}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{f.name} none\n".encode())
+        except OSError as e:
+            raise ArtifactError(f"cannot read {f} of kernel {kernel.release}: {e.strerror}") from None
+    return h.hexdigest()
 
 
 def build_probe_module(kernel: Kernel, cache: Path) -> Path:
@@ -74,29 +89,33 @@ def build_probe_module(kernel: Kernel, cache: Path) -> Path:
     if kernel.build_dir is None or not (kernel.build_dir / "Makefile").exists():
         raise ArtifactError(f"kernel {kernel.release} has no build directory to build the probe module "
                             f"against (a Debian kernel brings its headers; an image needs modules=DIR with DIR/build)")
-    symvers = kernel.build_dir / "Module.symvers"
+    build_dir = kernel.build_dir
     key = _digest(GUEST / "module", GUEST / "include",
-                  extra=f"{kernel.release} {kernel.build_dir.resolve()} "
-                        f"{hashlib.sha256(symvers.read_bytes()).hexdigest() if symvers.exists() else ''}")
-    out = cache / "modules" / f"{kernel.release}-{key[:16]}" / "nh_probe.ko"
-    if out.is_file():
-        return out
-    with tempfile.TemporaryDirectory(prefix="nh-probe-build-") as tmp:
+                  extra=f"{kernel.release} {build_dir.resolve()} {_config_digest(kernel)}")
+    entry = cache / "modules" / f"{kernel.release}-{key[:16]}"
+
+    def build(out: Path) -> None:
+        src = out / "src"
         # Kbuild finds the header at $(src)/../include, as in the source tree.
-        shutil.copytree(GUEST / "module", Path(tmp) / "module")
-        shutil.copytree(GUEST / "include", Path(tmp) / "include")
-        proc = subprocess.run(["make", "-C", str(kernel.build_dir), f"M={tmp}/module", "modules"],
+        shutil.copytree(GUEST / "module", src / "module")
+        shutil.copytree(GUEST / "include", src / "include")
+        proc = subprocess.run(["make", "-C", str(build_dir), f"M={src}/module", "modules"],
                               capture_output=True, text=True)
-        built = Path(tmp) / "module" / "nh_probe.ko"
+        built = src / "module" / PROBE
         if proc.returncode != 0 or not built.is_file():
             raise ArtifactError(f"building the probe module for {kernel.release} failed:\n"
                                 f"{_tail(proc.stdout + proc.stderr)}")
-        magic = parse_modinfo(read_module_bytes(built)).get("vermagic", [""])[0].split()
+        try:
+            magic = parse_modinfo(read_module_bytes(built)).get("vermagic", [""])[0].split()
+        except ValueError as e:
+            raise ArtifactError(f"the probe module built for {kernel.release} is unreadable: {e}") from None
         if not magic or magic[0] != kernel.release:
             raise ArtifactError(f"the probe module was built for {magic[:1]}, not {kernel.release}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(built, out)
-    return out
+        built.rename(out / PROBE)
+        shutil.rmtree(src)
+
+    publish(entry, build)
+    return entry / PROBE
 
 
 def build_guest_programs(kernel: Kernel, cache: Path) -> GuestPrograms:

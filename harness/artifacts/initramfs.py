@@ -1,7 +1,9 @@
 """The guest's initramfs: busybox, dropbear, the kernel modules the guest needs, our init.
 
 The image is content-addressed: a manifest of (guest path, source content)
-is hashed, and an existing image with that hash is reused.  Nothing per-run
+is hashed, and an existing image with that hash is reused.  Each image is
+one cache entry, a directory holding initramfs.cpio and the host_key.pub of
+the sshd key baked into it, published together (harness.artifacts.publish).  Nothing per-run
 goes in (the run's SSH key travels on the kernel command line), so one image
 serves every run of one kernel until an input changes.
 """
@@ -12,12 +14,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
 
 from harness.artifacts.modules import ModuleFile, ModuleIndex, read_module_bytes
+from harness.artifacts.publish import publish
 from harness.errors import ArtifactError
 
 # Bump when the layout or the way files are staged changes.
@@ -37,6 +39,9 @@ EXTRA_MODULES = ("irqbypass", "kvm", "kvm_amd", "kvm_intel", "zram", "lzo", "lzo
 BUSYBOX = Path("/bin/busybox")
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
+
+# The two files of an image's cache entry.
+IMAGE, HOST_KEY = "initramfs.cpio", "host_key.pub"
 
 
 @dataclass(frozen=True)
@@ -177,46 +182,47 @@ def _all_deps(mod: ModuleFile, index: ModuleIndex) -> list[str]:
 
 
 def build_initramfs(manifest: Manifest, cache: Path) -> Initramfs:
+    """One cache entry per digest: the image and its host key, published together."""
     digest = manifest.digest()
-    out_dir = cache / "initramfs" / f"{manifest.release}-{digest[:16]}"
-    image, host_pub = out_dir / "initramfs.cpio", out_dir / "host_key.pub"
+    entry = cache / "initramfs" / f"{manifest.release}-{digest[:16]}"
     mod_names = tuple(sorted(Path(p).stem for p in manifest.modules))
-    if image.is_file() and host_pub.is_file():
-        return Initramfs(path=image, host_key=host_pub.read_text().strip(), digest=digest,
-                         modules=mod_names, built=False)
+    built = publish(entry, lambda tmp: _build_image(manifest, tmp))
+    try:
+        host_key = (entry / HOST_KEY).read_text().strip()
+    except OSError as e:
+        raise ArtifactError(f"cache entry {entry} is damaged ({HOST_KEY}: {e.strerror}); remove it") from None
+    return Initramfs(path=entry / IMAGE, host_key=host_key, digest=digest, modules=mod_names, built=built)
+
+
+def _build_image(manifest: Manifest, out: Path) -> None:
     for tool, package in ((shutil.which("cpio"), "cpio"), (DROPBEARKEY.exists(), "dropbear-bin")):
         if not tool:
             raise ArtifactError(f"building the initramfs needs the Debian package {package} (make setup)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".stage-", dir=out_dir.parent) as tmp:
-        stage = Path(tmp) / "root"
-        for d in ("dev", "proc", "sys", "tmp", "run", "root", "var/log", "etc/dropbear", "lib64"):
-            (stage / d).mkdir(parents=True, exist_ok=True)
-        for guest, host in manifest.files.items():
-            dst = stage / guest
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(host, dst)  # keeps the mode: the loader must stay executable
-        for guest, host in manifest.modules.items():
-            dst = stage / guest
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(read_module_bytes(host))
-        for guest, text in manifest.texts.items():
-            dst = stage / guest
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_text(text)
-        for guest, target in manifest.symlinks.items():
-            dst = stage / guest
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.symlink_to(target)
-        for guest in manifest.executables:
-            (stage / guest).chmod(0o755)
-        pub = _make_host_key(stage / "etc" / "dropbear" / "host_key")
-        staged = Path(tmp) / "initramfs.cpio"
-        _pack(stage, staged)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, image)
-        host_pub.write_text(pub + "\n")
-    return Initramfs(path=image, host_key=pub, digest=digest, modules=mod_names, built=True)
+    stage = out / "root"
+    for d in ("dev", "proc", "sys", "tmp", "run", "root", "var/log", "etc/dropbear", "lib64"):
+        (stage / d).mkdir(parents=True, exist_ok=True)
+    for guest, host in manifest.files.items():
+        dst = stage / guest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(host, dst)  # keeps the mode: the loader must stay executable
+    for guest, host in manifest.modules.items():
+        dst = stage / guest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(read_module_bytes(host))
+    for guest, text in manifest.texts.items():
+        dst = stage / guest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(text)
+    for guest, target in manifest.symlinks.items():
+        dst = stage / guest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(target)
+    for guest in manifest.executables:
+        (stage / guest).chmod(0o755)
+    pub = _make_host_key(stage / "etc" / "dropbear" / "host_key")
+    _pack(stage, out / IMAGE)
+    (out / HOST_KEY).write_text(pub + "\n")
+    shutil.rmtree(stage)
 
 
 def _make_host_key(path: Path) -> str:
@@ -259,17 +265,16 @@ FLOOR_INIT = ("#!/bin/busybox sh\n"
 def build_floor_initramfs(cache: Path) -> Path:
     """A trivial initramfs whose init powers off at once: the raw QEMU boot floor."""
     digest = hashlib.sha256(f"floor {BUILDER_VERSION} {_file_digest(BUSYBOX)} {FLOOR_INIT}".encode()).hexdigest()
-    out = cache / "initramfs" / f"floor-{digest[:16]}.cpio"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".stage-", dir=out.parent) as tmp:
-        stage = Path(tmp) / "root"
+    entry = cache / "initramfs" / f"floor-{digest[:16]}"
+
+    def build(out: Path) -> None:
+        stage = out / "root"
         (stage / "bin").mkdir(parents=True)
         shutil.copy(BUSYBOX, stage / "bin" / "busybox")
         (stage / "init").write_text(FLOOR_INIT)
         (stage / "init").chmod(0o755)
-        staged = Path(tmp) / "floor.cpio"
-        _pack(stage, staged)
-        os.replace(staged, out)
-    return out
+        _pack(stage, out / "floor.cpio")
+        shutil.rmtree(stage)
+
+    publish(entry, build)
+    return entry / "floor.cpio"

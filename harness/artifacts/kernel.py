@@ -13,6 +13,9 @@ from harness.errors import ArtifactError
 from harness.kernelspec import KernelSpec
 
 
+_RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+
+
 @dataclass(frozen=True)
 class Kernel:
     """A kernel under test, ready to boot."""
@@ -22,6 +25,7 @@ class Kernel:
     image: Path
     modules_dir: Path             # searched for .ko files
     build_dir: Optional[Path]     # `make -C build_dir M=...` builds a module for it
+    config: Optional[Path] = None # its .config, when known: a change rebuilds the probe module
 
     @property
     def version(self) -> tuple[int, int]:
@@ -49,13 +53,22 @@ def read_image_release(path: Path) -> str:
     except OSError as e:
         raise ArtifactError(f"cannot read kernel image {path}: {e.strerror}") from None
     if len(head) < 0x210 or head[0x202:0x206] != b"HdrS":
-        raise ArtifactError(f"{path} is not an x86 bzImage (no HdrS setup header)")
+        raise ArtifactError(f"{path} is not an x86 bzImage (no HdrS setup header"
+                            f"{'; the file is empty' if not head else ''})")
     offset, = struct.unpack_from("<H", head, 0x20E)
     start = offset + 0x200
     if offset == 0 or start >= len(head):
         raise ArtifactError(f"{path} carries no kernel version string")
-    version = head[start:head.index(b"\0", start)].decode(errors="replace")
-    return version.split()[0]
+    end = head.find(b"\0", start)
+    words = head[start:end].decode(errors="replace").split() if end >= 0 else []
+    if not words:
+        raise ArtifactError(f"{path}: the kernel version string at offset {start:#x} is "
+                            f"{'empty' if end >= 0 else 'not NUL-terminated'}; not a usable bzImage")
+    # The release names cache entries and run directories: no path separators or oddities.
+    if not _RELEASE.fullmatch(words[0]):
+        raise ArtifactError(f"{path}: kernel release {words[0]!r} is not a letter or digit "
+                            f"followed by letters, digits and . _ + ~ -")
+    return words[0]
 
 
 def _check_release(what: str, expected: str, found: str) -> None:
@@ -68,8 +81,17 @@ def resolve_kernel(spec: KernelSpec, cache: Path) -> Kernel:
         release = debian.resolve_release(spec, cache)
         deb = debian.fetch(release, cache)
         _check_release(f"{deb.image}", release, read_image_release(deb.image))
-        return Kernel(spec=spec, release=release, image=deb.image,
-                      modules_dir=deb.modules_dir, build_dir=deb.headers_dir)
+        config = deb.headers_dir / ".config"
+        return Kernel(spec=spec, release=release, image=deb.image, modules_dir=deb.modules_dir,
+                      build_dir=deb.headers_dir,
+                      config=config if config.is_file() else deb.root / "boot" / f"config-{release}")
+    try:
+        return _local_kernel(spec)
+    except OSError as e:  # e.g. a name too long, or a directory we may not enter
+        raise ArtifactError(f"{spec.text}: {e.filename or spec.path}: {e.strerror}") from None
+
+
+def _local_kernel(spec: KernelSpec) -> Kernel:
     if spec.kind == "tree":
         tree = spec.path
         assert tree is not None
@@ -81,8 +103,9 @@ def resolve_kernel(spec: KernelSpec, cache: Path) -> Kernel:
         release = read_image_release(image)
         release_file = tree / "include" / "config" / "kernel.release"
         if release_file.is_file():
-            _check_release(str(release_file), release, release_file.read_text().strip())
-        return Kernel(spec=spec, release=release, image=image, modules_dir=tree, build_dir=tree)
+            _check_release(str(release_file), release, release_file.read_text(errors="replace").strip())
+        return Kernel(spec=spec, release=release, image=image, modules_dir=tree, build_dir=tree,
+                      config=tree / ".config")
     # image
     assert spec.path is not None and spec.modules is not None
     if not spec.path.is_file():
@@ -91,5 +114,6 @@ def resolve_kernel(spec: KernelSpec, cache: Path) -> Kernel:
         raise ArtifactError(f"{spec.text}: modules directory {spec.modules} does not exist")
     release = read_image_release(spec.path)
     build = spec.modules / "build"
+    has_build = (build / "Makefile").exists()
     return Kernel(spec=spec, release=release, image=spec.path, modules_dir=spec.modules,
-                  build_dir=build if (build / "Makefile").exists() else None)
+                  build_dir=build if has_build else None, config=build / ".config" if has_build else None)

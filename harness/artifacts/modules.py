@@ -53,27 +53,37 @@ def read_module_bytes(path: Path) -> bytes:
 
 
 def parse_modinfo(elf: bytes) -> dict[str, list[str]]:
-    """Key/value pairs of an ELF64 module's .modinfo section (keys may repeat)."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+    """Key/value pairs of an ELF64 module's .modinfo section (keys may repeat).
+
+    A file that is not such an object, or is cut short, raises ValueError
+    saying which, never an IndexError or struct.error.
+    """
+    if elf[:4] != b"\x7fELF" or elf[4:6] != b"\x02\x01":
         raise ValueError("not a little-endian ELF64 object")
-    shoff, = struct.unpack_from("<Q", elf, 0x28)
-    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
+    try:
+        shoff, = struct.unpack_from("<Q", elf, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
 
-    def section(i: int) -> tuple[int, int, int]:
-        name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
-        return name, offset, size
+        def section(i: int) -> tuple[int, int, int]:
+            name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", elf, shoff + i * shentsize)
+            if offset + size > len(elf) and _type != 8:  # SHT_NOBITS has no bytes in the file
+                raise ValueError(f"truncated: section {i} ends at byte {offset + size}, "
+                                 f"the file has {len(elf)}")
+            return name, offset, size
 
-    _, stroff, _ = section(shstrndx)
-    for i in range(shnum):
-        name_off, offset, size = section(i)
-        end = elf.index(b"\0", stroff + name_off)
-        if elf[stroff + name_off:end] == b".modinfo":
-            info: dict[str, list[str]] = {}
-            for entry in elf[offset:offset + size].split(b"\0"):
-                key, eq, value = entry.decode(errors="replace").partition("=")
-                if eq:
-                    info.setdefault(key, []).append(value)
-            return info
+        _, stroff, strsize = section(shstrndx)
+        for i in range(shnum):
+            name_off, offset, size = section(i)
+            end = elf.find(b"\0", stroff + name_off, stroff + strsize)
+            if end >= 0 and elf[stroff + name_off:end] == b".modinfo":
+                info: dict[str, list[str]] = {}
+                for entry in elf[offset:offset + size].split(b"\0"):
+                    key, eq, value = entry.decode(errors="replace").partition("=")
+                    if eq:
+                        info.setdefault(key, []).append(value)
+                return info
+    except struct.error:
+        raise ValueError(f"truncated: its section headers lie past its {len(elf)} bytes") from None
     raise ValueError("no .modinfo section")
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -28,6 +30,7 @@ from harness.vm.qemu_args import QemuPlan, qemu_argv
 from harness.vm.qmp import Monitor
 from harness.vm.ssh import SshSession, make_run_key
 
+logger = logging.getLogger(__name__)
 DEFAULT_QEMU = "qemu-system-x86_64"
 POWERDOWN_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 5.0
@@ -185,6 +188,7 @@ class Machine:
                         ssh_port=self.ssh_port, ssh_pubkey=self._pubkey, extra_cmdline=self.config.cmdline)
         self.argv = qemu_argv(plan)
         (self.out_dir / "qemu-argv.json").write_text(json.dumps(self.argv, indent=1) + "\n")
+        logger.debug("QEMU: %s", shlex.join(self.argv))
         stderr = open(self.out_dir / "qemu-stderr.log", "wb")
         parent = os.getpid()
         try:
@@ -197,6 +201,7 @@ class Machine:
             raise MachineError(f"cannot start {self.qemu}: {e.strerror}") from None
         finally:
             stderr.close()
+        logger.debug("QEMU pid %d, SSH forwarded from 127.0.0.1:%d", self.proc.pid, self.ssh_port)
         self.console = Console(self.proc.stdout, self.out_dir / "console.log")  # type: ignore[arg-type]
         self.monitor = Monitor(qmp_socket)
         self.monitor.connect(timeout=15.0, alive=lambda: self.proc is not None and self.proc.poll() is None)
@@ -384,8 +389,10 @@ class Machine:
                 monitor.command(command)
                 proc.wait(wait_s)
                 self.shutdown_how = how
+                logger.debug("QEMU pid %d stopped by %s (status %s)", proc.pid, command, proc.returncode)
                 return
-            except (MachineError, subprocess.TimeoutExpired):
+            except (MachineError, subprocess.TimeoutExpired) as e:
+                logger.debug("QEMU pid %d: %s did not stop it: %s", proc.pid, command, e or "timed out")
                 continue
 
     # -- use ---------------------------------------------------------------

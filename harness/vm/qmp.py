@@ -4,6 +4,7 @@ errors into MachineError and keeps every event it sees."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -13,6 +14,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from harness.errors import MachineError
 
+logger = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 15.0
 
 
@@ -49,10 +51,14 @@ class Monitor:
     def command(self, name: str, **args: Any) -> Any:
         if self._qmp is None:
             raise MachineError(f"QMP {name}: the monitor is closed")
+        logger.debug("QMP -> %s %s", name, args or "")
         try:
-            return self._qmp.cmd(name, **args)
+            answer = self._qmp.cmd(name, **args)
         except (OSError, QMPError, EOFError, asyncio.TimeoutError) as e:
+            logger.debug("QMP <- %s failed: %s: %s", name, type(e).__name__, e)
             raise MachineError(f"QMP {name} failed: {type(e).__name__}: {e}") from None
+        logger.debug("QMP <- %s: %.500s", name, answer)
+        return answer
 
     def status(self) -> str:
         return str(self.command("query-status")["status"])
@@ -70,6 +76,8 @@ class Monitor:
                 new.append(event)
         except (OSError, QMPError, EOFError):
             pass
+        for event in new:
+            logger.debug("QMP event %s", event.get("event"))
         self.events.extend(new)
         return new
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import select
 import shlex
@@ -17,6 +18,8 @@ import paramiko
 
 from harness.errors import CommandTimeout, GuestError, MachineLost
 from harness.guest_data import MAX_JSON_LINE, GuestDataError
+
+logger = logging.getLogger(__name__)
 
 # What one guest command may print before the rest is counted and dropped: the largest legitimate
 # output (the probe's full ring, 4 MiB) many times over, and a bound on what a flood costs the host.
@@ -109,6 +112,7 @@ class SshSession:
                                timeout=5, banner_timeout=5, auth_timeout=5,
                                allow_agent=False, look_for_keys=False)
                 client.get_transport().set_keepalive(5)  # type: ignore[union-attr]
+                logger.debug("ssh: connected to 127.0.0.1:%d in %.2f s", port, time.monotonic() - deadline + timeout)
                 return cls(client, port)
             except paramiko.BadHostKeyException as e:
                 client.close()
@@ -133,6 +137,8 @@ class SshSession:
             raise CommandTimeout(f"guest command timed out after {timeout:.0f} s: {proc.command}") from None
         except (paramiko.SSHException, OSError, EOFError) as e:
             raise proc.lost(f"failed ({type(e).__name__}: {e}) while running") from None
+        logger.debug("ssh: %.300s -> status %d in %.2f s, %d bytes out%s", proc.command, status,
+                     time.monotonic() - start, len(proc.out), f", {proc.dropped} dropped" if proc.dropped else "")
         return CommandResult(argv=proc.command, exit_status=status, stdout_bytes=bytes(proc.out),
                              stderr=proc.stderr.decode(errors="replace"), duration_s=time.monotonic() - start,
                              dropped=proc.dropped)

@@ -1,10 +1,15 @@
 """The initramfs inputs hash, module selection and the image release reader."""
 
+import os
+import signal
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from harness.artifacts import initramfs as ir
+from harness.artifacts import publish as pub
 from harness.artifacts.kernel import read_image_release
 from harness.artifacts.modules import ModuleIndex
 from harness.errors import ArtifactError
@@ -82,3 +87,78 @@ def test_image_that_is_not_a_bzimage(tmp_path):
         read_image_release(path)
     with pytest.raises(ArtifactError, match="cannot read kernel image"):
         read_image_release(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", r"not an x86 bzImage \(no HdrS setup header; the file is empty\)"),
+    (bzimage(b"")[:0x208], r"not an x86 bzImage \(no HdrS setup header\)"),
+    (bzimage(b"6.1.0-x")[:0x100], r"not an x86 bzImage \(no HdrS setup header\)"),
+    (bzimage(b""), r"kernel version string at offset 0x500 is empty"),
+    (bzimage(b"   "), r"kernel version string at offset 0x500 is empty"),
+    (bzimage(b"6.1.0-56 ")[:0x505], r"kernel version string at offset 0x500 is not NUL-terminated"),
+    (bzimage(b"")[:0x500] + b"y" * 0x100, r"kernel version string at offset 0x500 is not NUL-terminated"),
+    (bzimage(b"../../etc (gcc)"), r"kernel release '\.\./\.\./etc' is not a letter or digit"),
+])
+def test_image_release_of_bad_images_is_one_line(tmp_path, data, message):
+    path = tmp_path / "bzImage"
+    path.write_bytes(data)
+    with pytest.raises(ArtifactError, match=message) as err:
+        read_image_release(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_directory_for_an_image(tmp_path):
+    with pytest.raises(ArtifactError, match=r"^cannot read kernel image .*: Is a directory$"):
+        read_image_release(tmp_path)
+
+
+def host_key_inside(image: Path, tmp: Path) -> str:
+    """The public half of the host key packed into an image, as the guest's sshd will serve it."""
+    out = tmp / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "--quiet", "-id", "etc/dropbear/host_key"], cwd=out, stdin=image.open("rb"),
+                   check=True)
+    shown = subprocess.run([str(ir.DROPBEARKEY), "-y", "-f", str(out / "etc/dropbear/host_key")],
+                           capture_output=True, text=True, check=True).stdout
+    return next(" ".join(l.split()[:2]) for l in shown.splitlines() if l.startswith("ecdsa-"))
+
+
+@needs_host_tools
+def test_image_and_host_key_are_one_entry(tmp_path):
+    man = ir.make_manifest(REL, make_module_tree(tmp_path / "mods", REL))
+    cache = tmp_path / "cache"
+    built = ir.build_initramfs(man, cache)
+    assert built.built and built.path.parent.parent == cache / "initramfs"
+    assert sorted(p.name for p in built.path.parent.iterdir()) == [".complete", "host_key.pub", "initramfs.cpio"]
+    assert host_key_inside(built.path, tmp_path) == built.host_key
+    again = ir.build_initramfs(man, cache)
+    assert not again.built and (again.path, again.host_key) == (built.path, built.host_key)
+    assert sorted(p.name for p in (cache / "initramfs").iterdir()) == [
+        f".{built.path.parent.name}.lock", built.path.parent.name]
+
+
+@needs_host_tools
+@pytest.mark.parametrize("step", ["built", "marked"])
+def test_killed_between_image_and_key_the_next_run_rebuilds_both(tmp_path, step):
+    man = ir.make_manifest(REL, make_module_tree(tmp_path / "mods", REL))
+    cache = tmp_path / "cache"
+    pid = os.fork()
+    if pid == 0:
+        pub.on_step = lambda at, path: os.kill(os.getpid(), signal.SIGKILL) if at == step else None
+        try:
+            ir.build_initramfs(man, cache)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status)
+    rebuilt = ir.build_initramfs(man, cache)
+    assert rebuilt.built and host_key_inside(rebuilt.path, tmp_path) == rebuilt.host_key
+    assert sorted(p.name for p in (cache / "initramfs").iterdir()) == [
+        f".{rebuilt.path.parent.name}.lock", rebuilt.path.parent.name]
+
+
+@needs_host_tools
+def test_floor_image_is_an_entry(tmp_path):
+    path = ir.build_floor_initramfs(tmp_path)
+    assert path.name == "floor.cpio" and (path.parent / ".complete").is_file()
+    assert ir.build_floor_initramfs(tmp_path) == path

@@ -39,3 +39,28 @@ def test_missing_dependency_is_an_error(tmp_path):
 def test_missing_directory(tmp_path):
     with pytest.raises(ArtifactError, match="does not exist"):
         ModuleIndex.scan(tmp_path / "none")
+
+
+def test_a_module_cut_anywhere_is_a_valueerror(tmp_path):
+    data = make_module(tmp_path / "m.ko").read_bytes()
+    for cut in list(range(0, 0x48)) + list(range(0x48, len(data), 7)):
+        try:
+            parse_modinfo(data[:cut])
+        except ValueError:
+            continue
+        # Only a cut past the .modinfo bytes and the section headers can still parse.
+        assert cut >= len(data) - 0x40 * 3, cut
+
+
+@pytest.mark.parametrize("size", [5, 64, 400])
+def test_a_truncated_module_in_the_tree_is_one_line(tmp_path, size):
+    # An interrupted copy: the first bytes of a real module, ELF header and all.
+    path = make_module(tmp_path / "mods" / "kernel" / "virtio_net.ko")
+    data = path.read_bytes()
+    assert len(data) > size
+    path.write_bytes(data[:size])
+    index = ModuleIndex.scan(tmp_path / "mods")
+    with pytest.raises(ArtifactError, match=r"^kernel module .*virtio_net\.ko is unreadable: "
+                                            r"(truncated|not a little-endian ELF64 object)") as err:
+        index.get("virtio_net")
+    assert "\n" not in str(err.value)

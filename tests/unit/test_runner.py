@@ -97,6 +97,20 @@ def test_control_characters_from_the_guest_never_reach_the_results(tmp_path, mon
     assert row["notes"] == ["note \\x1b[2J"]
 
 
+def test_a_run_keeps_its_debug_log(tmp_path, monkeypatch, scenarios):
+    run(tmp_path, monkeypatch, ["ok"], kernels=("debian:6.1",))
+    text = (tmp_path / "run" / "harness.log").read_text()
+    assert "scenario ok (ok) on 6.1.0-99-cloud-amd64: begin" in text and "scenario ok: pass" in text
+
+
+def test_debug_lines_quoting_the_guest_are_escaped(tmp_path):
+    import logging
+    from harness.debuglog import kept_in
+    with kept_in(tmp_path / "harness.log"):
+        logging.getLogger("harness.vm.ssh").debug("guest said %s", "\x1b]52;c;x\x07")
+    assert (tmp_path / "harness.log").read_text().endswith("guest said \\x1b]52;c;x\\x07\n")
+
+
 def test_host_side_work_counts_against_the_scenarios_time_limit(tmp_path, monkeypatch, scenarios):
     import time
 
