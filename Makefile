@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= configs/default.yaml
 
-.PHONY: setup host-packages test-guest test test-unit bench clean
+.PHONY: setup host-packages test-guest test test-unit typecheck bench clean
 
 setup: host-packages $(STAMP)
 
@@ -25,12 +25,16 @@ $(STAMP): pyproject.toml
 test-guest: setup
 	$(BIN)/notifier-harness run -c $(CONFIG)
 
-# Every test: unit tests (no VM) and guest tests (real boots under QEMU).
-test: setup
+# Every test: the type check of harness/ (strict mypy), unit tests (no VM) and guest tests (real
+# boots under QEMU).
+test: setup typecheck
 	$(BIN)/python -m pytest -q
 
-test-unit: setup
+test-unit: setup typecheck
 	$(BIN)/python -m pytest -q -m 'not guest'
+
+typecheck: setup
+	$(BIN)/python -m mypy
 
 bench: setup
 	$(BIN)/notifier-harness bench -c configs/matrix.yaml

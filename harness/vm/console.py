@@ -15,11 +15,12 @@ the runner to stop the run on, while the reader goes on draining.
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import time
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Optional, Union
 
 import pexpect
 import pexpect.fdpexpect
@@ -38,15 +39,17 @@ _READY = re.compile(re.escape(READY_MARKER.encode()) + rb"[^\r\n]*")
 _INIT_FAILED = re.compile(rb"NH-INIT: FAILED: [^\r\n]*")
 
 
-class _BoundedSpawn(pexpect.fdpexpect.fdspawn):  # type: ignore[misc]
+class _BoundedSpawn(pexpect.fdpexpect.fdspawn):  # type: ignore[type-arg]
     """fdspawn that forgets `before`: expect() appends every byte it reads to it until a pattern
     matches, so a flood without a marker would be held whole (the reader never reads `before`;
     the tee has every byte)."""
 
+    _before: io.BytesIO
+
     def read_nonblocking(self, size: int = 1, timeout: Optional[float] = -1) -> bytes:
         if self._before.tell() > _BEFORE_LIMIT:
-            self._before = self.buffer_type()
-        return super().read_nonblocking(size, timeout)  # type: ignore[no-any-return]
+            self._before = io.BytesIO()
+        return bytes(super().read_nonblocking(size, timeout))
 
 
 class _Tee:
@@ -141,7 +144,8 @@ class Console:
         return self._tee.write_error
 
     def _drain(self) -> None:
-        patterns = [_READY, _PANIC, _INIT_FAILED, pexpect.EOF, pexpect.TIMEOUT]
+        patterns: list[Union[re.Pattern[str], re.Pattern[bytes], str, bytes, type[pexpect.EOF],
+                             type[pexpect.TIMEOUT]]] = [_READY, _PANIC, _INIT_FAILED, pexpect.EOF, pexpect.TIMEOUT]
         try:
             while True:
                 try:
@@ -149,13 +153,13 @@ class Console:
                 except (OSError, ValueError):
                     break  # the pipe was closed under us at shutdown
                 if i == 0:
-                    self.ready_line = self._child.after.decode(errors="replace").strip()
+                    self.ready_line = self._matched()
                     self.ready.set()
                 elif i == 1:
-                    self.panic_line = self._child.after.decode(errors="replace").strip()
+                    self.panic_line = self._matched()
                     self.panicked.set()
                 elif i == 2:
-                    self.init_failures.append(self._child.after.decode(errors="replace").strip())
+                    self.init_failures.append(self._matched())
                 elif i == 3:
                     break
                 else:
@@ -164,6 +168,10 @@ class Console:
                     self._child.buffer = self._child.buffer[-256:]
         finally:
             self.closed.set()
+
+    def _matched(self) -> str:
+        after = self._child.after
+        return after.decode(errors="replace").strip() if isinstance(after, bytes) else ""
 
     def tail(self, lines: int = 25) -> str:
         text = self._tee.tail().decode(errors="replace").replace("\r", "")

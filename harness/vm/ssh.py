@@ -203,7 +203,7 @@ class SshSession:
         transport = self._client.get_transport()
         if transport is not None and transport.sock is not None:
             try:
-                transport.sock.shutdown(socket.SHUT_RDWR)   # type: ignore[union-attr]
+                transport.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
