@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from harness.config import ACCELERATORS, Config, load_config, with_overrides
 from harness.debuglog import kept_in, verbose_to_stderr
-from harness.errors import HarnessError, OutputError
+from harness.errors import ConfigError, HarnessError, OutputError
 from harness.printable import printable
 from harness.scenarios import KNOBS, SCENARIOS
 
@@ -99,7 +100,11 @@ def cmd_repro(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else new_run_dir(prefix="repro-")
     _log(f"repro of {target} (seed {again.seed}) into {out}")
 
+    puts = [PutFile.parse(text) for text in args.put or ()]
+
     def shell(machine: Any) -> None:
+        for put in puts:
+            put.copy(machine.ssh)
         _log("shell on the guest after the scenario; exit it to power the guest off")
         machine.ssh.interactive()
     return _execute(again, out, on_done=shell if args.shell else None)
@@ -115,6 +120,35 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.regressed else 0
 
 
+@dataclass(frozen=True)
+class PutFile:
+    """`--put LOCAL[:GUEST_PATH]`: a host file and where it goes in the guest (default /tmp/NAME)."""
+
+    local: Path
+    guest_path: str
+
+    @classmethod
+    def parse(cls, text: str) -> "PutFile":
+        local, sep, guest = text.rpartition(":")
+        if not sep or not guest.startswith("/"):     # a ':' that does not start a guest path is the name's
+            local, guest = text, ""
+        try:
+            path = Path(local).expanduser()
+        except RuntimeError:             # ~nosuchuser
+            raise ConfigError(f"--put {text}: {local} names no user's home") from None
+        if not path.is_file():
+            raise ConfigError(f"--put {text}: {local} is not a file")
+        return cls(path, guest or f"/tmp/{path.name}")
+
+    def copy(self, ssh: Any) -> None:
+        try:
+            data, mode = self.local.read_bytes(), self.local.stat().st_mode
+        except OSError as e:
+            raise ConfigError(f"--put: cannot read {self.local}: {e.strerror}") from None
+        ssh.put(data, self.guest_path, mode)
+        _log(f"put {self.local} -> {self.guest_path} ({len(data)} bytes, mode {mode & 0o7777:o})")
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
     from harness.artifacts.cache import cache_root
     from harness.artifacts.prepare import prepare
@@ -123,6 +157,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from harness.vm.machine import Machine
 
     config = _load(args)
+    puts = [PutFile.parse(text) for text in args.put or ()]
     prepared = prepare(config.kernels[0], cache_root())
     kernel = prepared.kernel
     accel = choose_accel(config.machine.accel, probe_host())
@@ -135,6 +170,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     with kept_in(out / "harness.log"), Machine(prepared.image, config.machine, accel, out, log=_log) as machine:
         _log(f"booted {kernel.release} in {machine.boot_s:.2f}s ({machine.accel_used}); "
              f"console log: {out / 'console.log'}")
+        for put in puts:
+            put.copy(machine.ssh)
         if args.command:
             result = machine.ssh.run(args.command, timeout=args.timeout)
             sys.stdout.write(result.stdout)
@@ -194,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--command", metavar="CMD", help="run CMD in the guest instead of a shell; exit with its status")
     boot.add_argument("--timeout", type=float, default=600.0, help="for --command (default: %(default)s s)")
     boot.add_argument("--out", metavar="DIR", help="directory for console.log and the QEMU argv")
+    boot.add_argument("--put", action="append", metavar="LOCAL[:GUEST_PATH]",
+                      help="copy a file into the guest before the shell or --command, mode kept (repeatable; "
+                           "default GUEST_PATH: /tmp/NAME)")
     boot.set_defaults(func=cmd_boot)
 
     lst = sub.add_parser("list", help="list scenarios and kernels")
@@ -205,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a scenario's directory in a run (RUN_DIR/KERNEL/SCENARIO), or RUN_DIR/SCENARIO "
                             "for every kernel of the run")
     repro.add_argument("--shell", action="store_true", help="keep the guest up afterwards with a shell into it")
+    repro.add_argument("--put", action="append", metavar="LOCAL[:GUEST_PATH]",
+                       help="with --shell: copy a file into the guest before the shell (repeatable)")
     repro.add_argument("--accel", choices=ACCELERATORS, help="accelerator (default: the run's)")
     repro.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/repro-<timestamp>-<id>/)")
     repro.set_defaults(func=cmd_repro)

@@ -159,6 +159,14 @@ class SshSession:
                                                 command) from None
         return RemoteProcess(chan, command, transport, watch)
 
+    def put(self, data: bytes, guest_path: str, mode: int, timeout: float = 120.0) -> None:
+        """Write `data` to `guest_path` with permission bits `mode`, over this connection (the guests
+        have no 9p and the initramfs is fixed: this is how a reproducer gets in)."""
+        result = self.run(["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "put", guest_path, f"{mode & 0o7777:o}"],
+                          timeout=timeout, stdin=data)
+        if not result.ok:
+            raise GuestError(f"copying to {guest_path} in the guest failed: {result.stderr.strip()[-300:]}")
+
     def interactive(self) -> int:
         """A shell on the user's terminal until it exits; returns its exit status."""
         import termios

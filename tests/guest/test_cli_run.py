@@ -113,3 +113,21 @@ def test_a_sigkilled_harness_takes_its_qemu_with_it(kernels, tmp_path):
     proc.kill()
     proc.communicate(timeout=30)
     assert _gone_within(qemu, 5), "QEMU outlived a SIGKILLed harness"
+
+
+def test_boot_put_round_trips_bytes_and_mode(kernels, tmp_path, capsys):
+    import hashlib
+    import os
+    from harness.cli import main
+    local = tmp_path / "repro.bin"
+    data = os.urandom(1 << 20) + b"\x00\xff\n"
+    local.write_bytes(data)
+    local.chmod(0o640)
+    code = main(["boot", "--kernel", "debian:6.1", "--accel", "tcg", "--out", str(tmp_path / "boot"),
+                 "--put", f"{local}:/root/in-guest.bin", "--put", str(local),
+                 "--command", "sha256sum /root/in-guest.bin /tmp/repro.bin; stat -c %a /root/in-guest.bin"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    digest = hashlib.sha256(data).hexdigest()
+    assert f"{digest}  /root/in-guest.bin" in out and f"{digest}  /tmp/repro.bin" in out
+    assert out.rstrip().endswith("640")
