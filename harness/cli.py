@@ -116,8 +116,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     a, b = load_run(Path(args.run_a)), load_run(Path(args.run_b))
     result = compare(a, b)
-    print(printable(format_comparison(result, args.run_a, args.run_b)))
+    print(printable(format_comparison(result, args.run_a, args.run_b, full=args.full)))
     return 1 if result.regressed else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """A patch in one command: the same scenarios, seed and machine on the baseline and the patched
+    kernel, both runs under one directory, compare's table; 0 no regression, 1 a regression (rows
+    the patched run lacks included), 2 when either run could not tell (an error row, no rows)."""
+    from dataclasses import replace
+
+    from harness.compare import compare, format_comparison
+    from harness.kernelspec import parse_kernel_spec
+    from harness.rundir import load_run
+    from harness.runner import new_run_dir
+
+    config = _load(args)
+    specs = {}
+    for side, text in (("baseline", args.baseline), ("patched", args.patched)):
+        try:
+            specs[side] = parse_kernel_spec(text)
+        except ConfigError as e:
+            raise ConfigError(f"--{'baseline' if side == 'baseline' else 'kernel'}: {e}") from None
+    out = Path(args.out) if args.out else new_run_dir(prefix="validate-")
+    codes = {side: _execute(replace(config, kernels=(spec,)), out / side) for side, spec in specs.items()}
+    result = compare(load_run(out / "baseline"), load_run(out / "patched"))
+    _log("\n" + format_comparison(result, f"{args.baseline} ({out / 'baseline'})",
+                                   f"{args.patched} ({out / 'patched'})", full=args.full))
+    if result.regressed:
+        return 1
+    return 2 if 2 in codes.values() else 0
 
 
 @dataclass(frozen=True)
@@ -255,7 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
                                          "exit 1 when something regressed")
     cmp.add_argument("run_a", metavar="RUN_A", help="the baseline run directory")
     cmp.add_argument("run_b", metavar="RUN_B", help="the run to compare with it")
+    cmp.add_argument("--full", action="store_true", help="every finding, not one line per rule broken at many "
+                                                        "addresses")
     cmp.set_defaults(func=cmd_compare)
+
+    val = sub.add_parser("validate", help="run the same scenarios and seed on a baseline and a patched kernel, "
+                                          "then compare; exit 1 on a regression")
+    val.add_argument("-c", "--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s): "
+                                                                         "scenarios, machine, seed")
+    val.add_argument("--baseline", required=True, metavar="SPEC", help="the kernel without the patch")
+    val.add_argument("--kernel", required=True, dest="patched", metavar="SPEC", help="the kernel with the patch")
+    val.add_argument("--scenario", action="append", metavar="NAME", help="scenario to run, repeatable")
+    val.add_argument("--seed", type=int, help="seed (default: the config's)")
+    val.add_argument("--accel", choices=ACCELERATORS, help="accelerator (default: the config's)")
+    val.add_argument("--out", metavar="DIR", help="directory for both runs (default: a new runs/validate-*/)")
+    val.add_argument("--full", action="store_true", help="every finding in the table")
+    val.set_defaults(func=cmd_validate, kernel=None)
 
     bench = sub.add_parser("bench", help="boot-to-ready of the harness against the raw QEMU floor")
     common(bench)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from harness.rundir import RunDir
 
 _RANK = {"pass": 0, "skip": 0, "fail": 1, "error": 2}
 _VARYING = [(re.compile(r"#\d+"), "#N"), (re.compile(r"\bpid \d+"), "pid N"),
             (re.compile(r"\b\d+(\.\d+)?s\b"), "Ns")]
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
 
 
 def normalise(finding: str) -> str:
@@ -24,6 +25,23 @@ def normalise(finding: str) -> str:
     for pattern, repl in _VARYING:
         line = pattern.sub(repl, line)
     return line
+
+
+def collapse(findings: Sequence[str]) -> list[str]:
+    """Findings that differ only in their addresses (one rule broken page after page) as one line
+    each: the rule's text with the addresses left out, a count and the span the addresses cover."""
+    groups: dict[str, list[str]] = {}
+    for f in findings:
+        groups.setdefault(" ".join(_ADDRESS.sub("", f).split()), []).append(f)
+    out = []
+    for key, members in groups.items():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        addresses = [int(a, 16) for f in members for a in _ADDRESS.findall(f)]
+        span = f", {min(addresses):#x}-{max(addresses):#x}" if addresses else ""
+        out.append(f"{key} x{len(members)}{span}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -84,15 +102,17 @@ def compare(a: RunDir, b: RunDir) -> Comparison:
                       only_b=[label(rows_b, k) for k in sorted(rows_b.keys() - rows_a.keys())])
 
 
-def format_comparison(c: Comparison, name_a: str, name_b: str) -> str:
+def format_comparison(c: Comparison, name_a: str, name_b: str, full: bool = False) -> str:
+    """The table; a rule broken at many addresses is one line with a count and its span unless `full`."""
+    shown = (lambda fs: list(fs)) if full else collapse
     lines = [f"A: {name_a}", f"B: {name_b}", ""]
     if not c.changes:
         lines.append(f"no scenario changed ({c.unchanged} compared)")
     for ch in c.changes:
         mark = "REGRESSED" if ch.regressed else "changed"
         lines.append(f"{mark:9}  {ch.scenario}  ({ch.kernels})  {ch.verdict_a.upper()} -> {ch.verdict_b.upper()}")
-        lines += [f"    + {f}" for f in ch.new]
-        lines += [f"    - {f}" for f in ch.vanished]
+        lines += [f"    + {f}" for f in shown(ch.new)]
+        lines += [f"    - {f}" for f in shown(ch.vanished)]
     if c.changes:
         lines.append(f"{len(c.changes)} changed, {c.unchanged} unchanged")
     if c.only_a:

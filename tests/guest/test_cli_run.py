@@ -131,3 +131,16 @@ def test_boot_put_round_trips_bytes_and_mode(kernels, tmp_path, capsys):
     digest = hashlib.sha256(data).hexdigest()
     assert f"{digest}  /root/in-guest.bin" in out and f"{digest}  /tmp/repro.bin" in out
     assert out.rstrip().endswith("640")
+
+
+def test_validate_a_kernel_against_itself_finds_no_regression(kernels, tmp_path, capsys):
+    from harness.cli import main
+    out = tmp_path / "validate"
+    code = main(["validate", "--baseline", "debian:6.1", "--kernel", "debian:6.1", "--accel", "tcg",
+                 "--scenario", "smoke", "--scenario", "mm-basic", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "no scenario changed (2 compared)" in printed
+    for side in ("baseline", "patched"):
+        rows = json.loads((out / side / "results.json").read_text())["results"]
+        assert [(r["scenario"], r["verdict"]) for r in rows] == [("smoke", "pass"), ("mm-basic", "pass")]

@@ -137,3 +137,57 @@ def test_repro_of_a_kernel_that_never_resolved_reruns_it(tmp_path, capsys):
     assert main(["repro", hint, "--out", str(tmp_path / "again")]) == 2
     [row] = json.loads((tmp_path / "again" / "results.json").read_text())["results"]
     assert row["verdict"] == "error" and "no-such-tree" in row["findings"][0]
+
+
+def _validate(tmp_path, monkeypatch, capsys, baseline_run: Path, patched_run: Path) -> tuple[int, str]:
+    """`validate` with its two runs replaced by recorded ones (the kernels are not booted here)."""
+    recorded = {"baseline": baseline_run, "patched": patched_run}
+
+    def execute(config, out, on_done=None):
+        assert [k.text for k in config.kernels] == [{"baseline": "debian:6.1", "patched": "tree:/src/patched"}[out.name]]
+        shutil.copytree(recorded[out.name], out)
+        statuses = {r["verdict"] for r in json.loads((out / "results.json").read_text())["results"]}
+        return 2 if "error" in statuses or not statuses else 1 if "fail" in statuses else 0
+    monkeypatch.setattr("harness.cli._execute", execute)
+    code = main(["validate", "--baseline", "debian:6.1", "--kernel", "tree:/src/patched",
+                 "--out", str(tmp_path / "v")])
+    return code, capsys.readouterr().out
+
+
+def _with_rows(tmp_path, name, change):
+    shutil.copytree(RUNS / "baseline", tmp_path / name)
+    doc = json.loads((tmp_path / name / "results.json").read_text())
+    change(doc["results"])
+    (tmp_path / name / "results.json").write_text(json.dumps(doc))
+    return tmp_path / name
+
+
+def test_validate_exits_0_without_a_regression(tmp_path, monkeypatch, capsys):
+    code, out = _validate(tmp_path, monkeypatch, capsys, RUNS / "baseline", RUNS / "baseline")
+    assert code == 0 and "no scenario changed (3 compared)" in out
+
+
+def test_validate_exits_1_on_a_regression_and_on_missing_rows(tmp_path, monkeypatch, capsys):
+    code, out = _validate(tmp_path, monkeypatch, capsys, RUNS / "baseline", RUNS / "patched")
+    assert code == 1 and "REGRESSED  fault" in out
+    stopped = _with_rows(tmp_path, "stopped", lambda rows: rows.__delitem__(slice(1, None)))
+    code, out = _validate(tmp_path / "2", monkeypatch, capsys, RUNS / "baseline", stopped)
+    assert code == 1 and "MISSING in B (2, a regression" in out
+
+
+def test_validate_exits_2_when_a_run_could_not_tell(tmp_path, monkeypatch, capsys):
+    def error_everywhere(rows):
+        for r in rows:
+            r["verdict"], r["findings"] = "error", ["kernel debian:6.1: apt-get download failed"]
+    broken = _with_rows(tmp_path, "broken", error_everywhere)
+    code, out = _validate(tmp_path, monkeypatch, capsys, broken, broken)
+    assert code == 2 and "no scenario changed" in out
+
+
+def test_compare_collapses_a_rule_broken_page_after_page():
+    from harness.compare import collapse
+    findings = [f"ksm: [change-pte] change_pte {0x7e0000000000 + i * 4096:#x} outside any window" for i in range(64)]
+    assert collapse(findings + ["kernel warning: WARNING in x"]) == [
+        "ksm: [change-pte] change_pte outside any window x64, 0x7e0000000000-0x7e000003f000",
+        "kernel warning: WARNING in x"]
+    assert collapse(findings[:1]) == findings[:1]
