@@ -26,6 +26,7 @@ from harness.debuglog import kept_in
 from harness.errors import CommandTimeout, GuestError, HarnessError, MachineLost, OutputError
 from harness.guest import Guest
 from harness.guest_data import parse_int, quote
+from harness.kconfig import KernelConfig, parse_kconfig, skip_reason
 from harness.health import judge_health, reboot_reason
 from harness.kernelspec import KernelSpec
 from harness.model.versions import features_for
@@ -42,6 +43,24 @@ Log = Callable[[str], None]
 logger = logging.getLogger(__name__)
 # A guest that cannot run `true` in this long after its scenario ran out of time is hung.
 HANG_PROBE_S = 10.0
+
+
+def host_kernel_config(kernel: Kernel) -> Optional[KernelConfig]:
+    """The kernel's .config from its files, when it has one (a tree, Debian's boot/config-*, an image's
+    DIR/build/.config or DIR/config)."""
+    if kernel.config is None:
+        return None
+    try:
+        text = kernel.config.read_text(errors="replace")
+    except OSError:
+        return None
+    return parse_kconfig(text, str(kernel.config))
+
+
+def guest_kernel_config(guest: Guest) -> Optional[KernelConfig]:
+    """/proc/config.gz (CONFIG_IKCONFIG_PROC), for a kernel whose files carry no .config."""
+    result = guest.run(["sh", "-c", "test -e /proc/config.gz && zcat /proc/config.gz"], timeout=30)
+    return parse_kconfig(result.stdout, "/proc/config.gz") if result.ok else None
 
 
 def new_run_dir(base: Path = Path("runs"), prefix: str = "") -> Path:
@@ -165,6 +184,7 @@ class Run:
         self.log(f"kernel {spec.text}: {kernel.release}; initramfs "
                  f"{'built' if initramfs.built else 'cached'} {initramfs.digest[:12]}")
         kdir = self.out_dir / release_dir(kernel.release)
+        kconfig = host_kernel_config(kernel)
         # One boot serves every scenario; a scenario that loses the machine (panic, hang, QEMU
         # gone, SSH gone) or leaves the kernel unreliable (an Oops, a lockup: harness.health) costs
         # its own row and a fresh boot for the ones after it.
@@ -181,9 +201,17 @@ class Run:
                              + (f", boot {info['boots']}" if info["boots"] > 1 else ""))
                     guest = Guest(ssh=machine.ssh, release=kernel.release, accel=machine.accel_used,
                                   memory_mib=self.config.machine.memory_mib, watch=machine.check_health)
+                    if kconfig is None:
+                        kconfig = guest_kernel_config(guest)
+                    info["kernel_config"] = kconfig.source if kconfig else "unknown (no .config, no /proc/config.gz)"
                     while pending:
                         sc, dirname = pending.pop(0)
-                        result, after = self._run_scenario(sc, kernel, machine, guest, kdir / dirname)
+                        missing = kconfig.missing(SCENARIOS[sc.name].needs) if kconfig else []
+                        if missing:
+                            self._record(self._skipped(sc, kernel, machine.accel_used, kdir / dirname,
+                                                       skip_reason(missing)))
+                            continue
+                        result, after = self._run_scenario(sc, kernel, machine, guest, kdir / dirname, kconfig)
                         self._record(result)
                         # An unreliable kernel after the last scenario still serves `repro --shell`.
                         if after == "lost" or (after == "reboot" and pending):
@@ -201,8 +229,14 @@ class Run:
             info["shutdown"] = machine.shutdown_how
         self._write_reports()
 
+    def _skipped(self, sc: ScenarioConfig, kernel: Kernel, accel: str, sdir: Path, reason: str) -> Result:
+        """A scenario the kernel's configuration rules out: skipped without touching the guest."""
+        return Result(kernel=kernel.release, kernel_spec=kernel.spec.text, accel=accel, scenario=sc.name,
+                      verdict="skip", findings=(reason,), duration_s=0.0, seed=self.config.seed,
+                      artifacts=str(sdir.relative_to(self.out_dir)))
+
     def _run_scenario(self, sc: ScenarioConfig, kernel: Kernel, machine: Machine, guest: Guest,
-                      sdir: Path) -> tuple[Result, str]:
+                      sdir: Path, kconfig: Optional[KernelConfig] = None) -> tuple[Result, str]:
         """The scenario's Result, and what becomes of the guest: "keep", "reboot" (its kernel is no
         longer one to test on) or "lost"."""
         try:
@@ -214,7 +248,7 @@ class Run:
         ctx = ScenarioContext(guest=guest, features=features_for(kernel.version), config=sc,
                               seed=self.config.seed, out_dir=sdir,
                               console_tail=console.tail, init_failures=tuple(console.init_failures),
-                              host_fault=machine.inject_host_fault)
+                              host_fault=machine.inject_host_fault, kconfig=kconfig)
         self.progress(f"{kernel.release} {sc.name}")
         logger.debug("scenario %s (%s) on %s: begin, time limit %.0f s", sc.name, sdir.name, kernel.release, sc.timeout_s)
         start = time.monotonic()

@@ -115,5 +115,6 @@ def _local_kernel(spec: KernelSpec) -> Kernel:
     release = read_image_release(spec.path)
     build = spec.modules / "build"
     has_build = (build / "Makefile").exists()
+    config = next((c for c in (build / ".config", spec.modules / "config") if c.is_file()), None)
     return Kernel(spec=spec, release=release, image=spec.path, modules_dir=spec.modules,
-                  build_dir=build if has_build else None, config=build / ".config" if has_build else None)
+                  build_dir=build if has_build else None, config=config)

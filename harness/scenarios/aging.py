@@ -16,7 +16,7 @@ Two workload runs, each judged by the model:
 from __future__ import annotations
 
 from harness.events import Callback
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.memcg import Memcg
 from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.scenarios.swap import ZramSwap
@@ -27,6 +27,8 @@ class Aging:
     name = "aging"
     description = "test_young from khugepaged on old PTEs only; clear_flush_young/clear_young from reclaim by version"
     knobs = frozenset({"probe_corrupt", "reclaim", "khugepaged_timeout"})
+    # khugepaged, and reclaim of the workload's memcg into zram swap.
+    needs: tuple[str, ...] = (*PROBE_NEEDS, "CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_MEMCG", "CONFIG_SWAP", "CONFIG_ZRAM")
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest

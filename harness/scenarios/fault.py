@@ -14,7 +14,7 @@ import threading
 
 from harness.artifacts.guest_build import NHCTL
 from harness.errors import GuestError
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
@@ -44,6 +44,7 @@ class Fault:
     name = "fault"
     description = "inject a configured kernel or host fault mid-scenario (the harness's own crash handling test)"
     knobs = frozenset({"fault", "probe_corrupt"})
+    needs: tuple[str, ...] = PROBE_NEEDS
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest

@@ -3,7 +3,7 @@ the data stays intact throughout (kernel-semantics.md §3, KSM merge)."""
 
 from __future__ import annotations
 
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
@@ -12,6 +12,7 @@ class Ksm:
     name = "ksm"
     description = "ksmd merges identical pages (CLEAR per page, change_pte on 6.1), COW on write, unmerge, data intact"
     knobs = frozenset({"probe_corrupt", "ksm_pages", "ksm_timeout"})
+    needs: tuple[str, ...] = (*PROBE_NEEDS, "CONFIG_KSM")
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config

@@ -22,7 +22,7 @@ from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import expected_values_problem
 from harness.model.kvm_notifier import cross_check
 from harness.model.ops import USER_ADDR_LIMIT, Op, parse_ops
-from harness.scenarios.base import NeedsKvm, ScenarioContext
+from harness.scenarios.base import KVM_NEEDS, PROBE_NEEDS, TRACE_NEEDS, NeedsKvm, ScenarioContext
 from harness.scenarios.memcg import Memcg
 from harness.scenarios.probe import ProbeStats, detach_and_drain, load_probe, stream_problems
 from harness.verdict import Verdict
@@ -110,6 +110,7 @@ class KvmThpSplit(NeedsKvm):
     name = "kvm-thp-split"
     description = ("a 4 KiB MADV_DONTNEED and a 4 KiB mprotect split THPs under 2M SPTEs: probe and KVM agree, "
                    "pages_2m falls, the L2 reads zero for the dropped page and its pattern elsewhere")
+    needs: tuple[str, ...] = (*KVM_NEEDS, *PROBE_NEEDS, *TRACE_NEEDS, "CONFIG_TRANSPARENT_HUGEPAGE")
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         load_probe(ctx.guest, ctx.config.probe_corrupt)
@@ -149,6 +150,7 @@ class KvmKsm(NeedsKvm):
     description = ("ksmd merges the L2's identical pages under KVM (unmap per page, set_spte on 6.1); the L2 "
                    "reads them intact, writes one, and every other page still reads right")
     knobs = frozenset({"probe_corrupt", "ksm_pages", "ksm_timeout"})
+    needs: tuple[str, ...] = (*KVM_NEEDS, *PROBE_NEEDS, *TRACE_NEEDS, "CONFIG_KSM")
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg = ctx.config
@@ -198,6 +200,7 @@ class KvmOom(NeedsKvm):
     description = ("the VMM, in a small memcg, is OOM-killed while its L2 writes: KVM's release is called, the "
                    "VM is destroyed, probe and KVM agree, the memcg empties")
     knobs = frozenset({"probe_corrupt", "memcg_max", "alloc", "reaper_wait"})
+    needs: tuple[str, ...] = (*KVM_NEEDS, *PROBE_NEEDS, *TRACE_NEEDS, "CONFIG_MEMCG")
 
     def run_with_kvm(self, ctx: ScenarioContext) -> Verdict:
         cfg, guest = ctx.config, ctx.guest

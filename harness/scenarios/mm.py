@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.probe import judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
 
@@ -22,6 +22,7 @@ class ProbeScenario:
     name = ""
     description = ""
     knobs = frozenset({"probe_corrupt"})
+    needs: tuple[str, ...] = PROBE_NEEDS
     scripts: Sequence[Script] = ()
 
     def run(self, ctx: ScenarioContext) -> Verdict:
@@ -45,6 +46,8 @@ class ProbeScenario:
 class MmBasic(ProbeScenario):
     name = "mm-basic"
     description = "munmap, MADV_DONTNEED and mprotect on 4 KiB pages, with VMA splits, against the model"
+    # The model expects the 2 MiB CLEARs of split_huge_pmd (and, for cow, a THP).
+    needs: tuple[str, ...] = (*PROBE_NEEDS, "CONFIG_TRANSPARENT_HUGEPAGE")
     scripts = (
         Script("basic", (
             "map:A:8M:nothp",
@@ -62,6 +65,7 @@ class MmBasic(ProbeScenario):
 class ThpSplit(ProbeScenario):
     name = "thp-split"
     description = "splitting PMD-mapped THPs by MADV_DONTNEED, mprotect, munmap and debugfs split_huge_pages"
+    needs: tuple[str, ...] = (*PROBE_NEEDS, "CONFIG_TRANSPARENT_HUGEPAGE", "CONFIG_DEBUG_FS")
     scripts = (
         Script("dontneed", ("map:A:4M:thp", "dontneed:A:4K:4K", "dontneed:A:2M:2M")),
         Script("mprotect", ("map:A:4M:thp", "mprotect:A:1M:4K:r", "mprotect:A:2M:2M:r")),
@@ -73,6 +77,8 @@ class ThpSplit(ProbeScenario):
 class Cow(ProbeScenario):
     name = "cow"
     description = "fork then write: PROTECTION_PAGE per private VMA, then the COW CLEAR of one page"
+    # The model expects the 2 MiB CLEARs of split_huge_pmd (and, for cow, a THP).
+    needs: tuple[str, ...] = (*PROBE_NEEDS, "CONFIG_TRANSPARENT_HUGEPAGE")
     scripts = (
         Script("cow-4k", ("map:A:1M:nothp", "cow:A:12K")),
         Script("cow-thp", ("map:A:2M:thp", "cow:A:8K")),

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from harness.errors import GuestError
 from harness.events import Callback
 from harness.model.reaper import judge_reaper, judge_reaper_log
-from harness.scenarios.base import ScenarioContext
+from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.memcg import Memcg
 from harness.scenarios.probe import format_finding, judge_run, load_probe, run_mmops
 from harness.verdict import Verdict
@@ -30,6 +30,7 @@ class MemcgOomScenario:
     name = ""
     description = ""
     knobs = frozenset({"probe_corrupt", "memcg_max", "alloc", "reaper_wait"})
+    needs: tuple[str, ...] = (*PROBE_NEEDS, "CONFIG_MEMCG")
     variants: tuple[Variant, ...] = ()
 
     def run(self, ctx: ScenarioContext) -> Verdict:

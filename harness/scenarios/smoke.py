@@ -19,6 +19,7 @@ class Smoke:
     name = "smoke"
     description = "uname -r is the expected release, /dev/kvm appears after loading KVM, no oops at boot"
     knobs: frozenset[str] = frozenset()
+    needs: tuple[str, ...] = ()
 
     def run(self, ctx: ScenarioContext) -> Verdict:
         guest = ctx.guest

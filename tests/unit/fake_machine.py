@@ -29,6 +29,8 @@ OOPS = """[   12.000000] BUG: kernel NULL pointer dereference, address: 00000000
 def healthy(command: str) -> tuple[int, bytes]:
     if "/proc/sys/kernel/tainted" in command:
         return 0, b"4096\n"
+    if "/proc/config.gz" in command:
+        return 1, b""          # no IKCONFIG_PROC: the configuration is unknown
     return 0, b""
 
 
@@ -100,10 +102,13 @@ def fake_prepare(spec: KernelSpec, cache: Path) -> Prepared:
 class Scripted:
     """A scenario that does what it is told: `act(ctx)` returns its verdict."""
 
-    def __init__(self, name: str, act: Callable[..., Verdict]):
+    knobs: frozenset[str] = frozenset()
+
+    def __init__(self, name: str, act: Callable[..., Verdict], needs: tuple[str, ...] = ()):
         self.name = name
         self.description = name
         self.act = act
+        self.needs = needs
 
     def run(self, ctx) -> Verdict:   # noqa: ANN001 - ScenarioContext
         return self.act(ctx)

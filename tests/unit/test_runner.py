@@ -127,3 +127,26 @@ def test_host_side_work_counts_against_the_scenarios_time_limit(tmp_path, monkey
                   machine_factory=FakeMachine).execute()
     assert [r.verdict for r in results] == ["error", "pass"]
     assert results[0].findings[0].startswith("scenario time limit of 0 s exceeded")
+
+
+def test_a_scenario_the_kernels_configuration_rules_out_is_skipped_with_the_option(tmp_path, monkeypatch,
+                                                                                  scenarios):
+    def answer(command):
+        if "/proc/config.gz" in command:
+            return 0, b"CONFIG_MODULES=y\n# CONFIG_KSM is not set\n"
+        return healthy(command)
+    touched = []
+    scenarios["needs-ksm"] = Scripted("needs-ksm", lambda ctx: touched.append(1) or PASS, needs=("CONFIG_KSM",))
+    scenarios["needs-kvm"] = Scripted("needs-kvm", passing, needs=("CONFIG_KVM_AMD|CONFIG_MODULES",))
+    results, doc = run(tmp_path, monkeypatch, ["needs-ksm", "needs-kvm"], answer, kernels=("debian:6.1",))
+    assert [(r.scenario, r.verdict, r.findings) for r in results] == [
+        ("needs-ksm", "skip", ("CONFIG_KSM is not set",)), ("needs-kvm", "pass", ())]
+    assert not touched and doc["run"]["kernels"][0]["kernel_config"] == "/proc/config.gz"
+    assert exit_code(results) == 0
+
+
+def test_without_a_known_configuration_every_scenario_runs(tmp_path, monkeypatch, scenarios):
+    scenarios["needs-ksm"] = Scripted("needs-ksm", passing, needs=("CONFIG_KSM",))
+    results, doc = run(tmp_path, monkeypatch, ["needs-ksm"], kernels=("debian:6.1",))
+    assert [r.verdict for r in results] == ["pass"]
+    assert doc["run"]["kernels"][0]["kernel_config"].startswith("unknown")

@@ -1,0 +1,69 @@
+"""The kernel's configuration as a feature source: parsing, requirements, skip reasons, the fragment."""
+
+from pathlib import Path
+
+import pytest
+
+from harness.kconfig import parse_kconfig, skip_reason
+
+REPO = Path(__file__).resolve().parent.parent.parent
+TEXT = """#
+# Automatically generated file; DO NOT EDIT.
+CONFIG_KSM=y
+CONFIG_KVM=m
+# CONFIG_KVM_INTEL is not set
+CONFIG_KVM_AMD=m
+CONFIG_HZ=250
+CONFIG_LOCALVERSION="-nh"
+# CONFIG_MEMCG is not set
+"""
+
+
+def test_values_modules_and_unset_options():
+    c = parse_kconfig(TEXT, "tree/.config")
+    assert c.value("CONFIG_HZ") == "250" and c.value("CONFIG_LOCALVERSION") == '"-nh"'
+    assert c.enabled("CONFIG_KSM") and c.enabled("CONFIG_KVM") and not c.enabled("CONFIG_KVM_INTEL")
+    assert not c.enabled("CONFIG_MEMCG") and not c.enabled("CONFIG_ZRAM") and not c.enabled("CONFIG_HZ")
+
+
+def test_requirements_and_alternatives():
+    c = parse_kconfig(TEXT, "x")
+    assert c.missing(("CONFIG_KSM", "CONFIG_KVM_AMD|CONFIG_KVM_INTEL")) == []
+    assert c.missing(("CONFIG_MEMCG", "CONFIG_KVM_INTEL|CONFIG_ZRAM", "CONFIG_KSM")) == \
+        ["CONFIG_MEMCG", "CONFIG_KVM_INTEL|CONFIG_ZRAM"]
+
+
+@pytest.mark.parametrize("missing, reason", [
+    (["CONFIG_KSM"], "CONFIG_KSM is not set"),
+    (["CONFIG_KVM_AMD|CONFIG_KVM_INTEL"], "neither CONFIG_KVM_AMD nor CONFIG_KVM_INTEL is set"),
+    (["CONFIG_A|CONFIG_B|CONFIG_C", "CONFIG_D"], "none of CONFIG_A, CONFIG_B, CONFIG_C is set; CONFIG_D is not set"),
+])
+def test_skip_reasons_name_the_option(missing, reason):
+    assert skip_reason(missing) == reason
+
+
+def test_a_later_line_wins_as_in_kconfig():
+    c = parse_kconfig("CONFIG_KSM=y\n# CONFIG_KSM is not set\nCONFIG_ZRAM=n\n", "x")
+    assert not c.enabled("CONFIG_KSM") and not c.enabled("CONFIG_ZRAM")
+
+
+def test_the_fragment_has_every_option_a_scenario_declares():
+    from harness.scenarios import SCENARIOS
+    fragment = parse_kconfig((REPO / "configs" / "kernel.config").read_text(), "configs/kernel.config")
+    declared = {option for s in SCENARIOS.values() for need in s.needs for option in need.split("|")}
+    assert declared and not {o for o in declared if not fragment.enabled(o)}
+
+
+def test_every_scenario_declares_what_it_needs():
+    from harness.scenarios import SCENARIOS
+    for name, s in SCENARIOS.items():
+        assert isinstance(s.needs, tuple) and all(n.startswith("CONFIG_") for need in s.needs
+                                                  for n in need.split("|")), name
+
+
+def test_the_debian_cloud_kernels_run_every_scenario():
+    """Recorded from Debian's boot/config-* of the verified kernels: nothing is skipped there."""
+    from harness.scenarios import SCENARIOS
+    for name in ("6.1-cloud-amd64.config", "6.12-cloud-amd64.config"):
+        c = parse_kconfig((REPO / "tests" / "data" / "kconfig" / name).read_text(), name)
+        assert {s: c.missing(sc.needs) for s, sc in SCENARIOS.items() if c.missing(sc.needs)} == {}, name
