@@ -120,6 +120,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.regressed else 0
 
 
+def cmd_coverage(args: argparse.Namespace) -> int:
+    from harness.coverage import coverage_map
+    from harness.rundir import load_run
+
+    print(printable(coverage_map(load_run(Path(args.run_dir)).document)), end="")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """A patch in one command: the same scenarios, seed and machine on the baseline and the patched
     kernel, both runs under one directory, compare's table; 0 no regression, 1 a regression (rows
@@ -286,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--full", action="store_true", help="every finding, not one line per rule broken at many "
                                                         "addresses")
     cmp.set_defaults(func=cmd_compare)
+
+    cov = sub.add_parser("coverage", help="per kernel call site of mmu_notifier: the scenarios of a run that "
+                                          "exercised it, whether a per-operation rule judged it, or why not")
+    cov.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    cov.set_defaults(func=cmd_coverage)
 
     val = sub.add_parser("validate", help="run the same scenarios and seed on a baseline and a patched kernel, "
                                           "then compare; exit 1 on a regression")

@@ -97,6 +97,12 @@ def _check_document(document: Any, path: Path) -> None:
         for key in ("findings", "notes", "reports"):
             _require(_is_strings(row.get(key, [])), path, f"{where}.{key} is not a list of strings")
         _require(isinstance(row.get("artifacts", ""), str), path, f"{where}.artifacts is not a string")
+        sites = row.get("callsites", {})
+        _require(isinstance(sites, dict) and all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                 for k, v in sites.items()),
+                 path, f"{where}.callsites is not an object of counts")
+        _require(_is_strings(row.get("callsites_unresolved", [])), path,
+                 f"{where}.callsites_unresolved is not a list of strings")
 
 
 def load_run(path: Path) -> RunDir:

@@ -21,7 +21,9 @@ from harness.artifacts.cache import cache_root
 from harness.artifacts.kernel import Kernel
 from harness.artifacts.prepare import Prepared, prepare
 from harness.config import Config, ScenarioConfig
+from harness import coverage
 from harness.console_reports import classify
+from harness.coverage import Hits
 from harness.debuglog import kept_in
 from harness.errors import CommandTimeout, GuestError, HarnessError, MachineLost, OutputError
 from harness.guest import Guest
@@ -61,6 +63,29 @@ def guest_kernel_config(guest: Guest) -> Optional[KernelConfig]:
     """/proc/config.gz (CONFIG_IKCONFIG_PROC), for a kernel whose files carry no .config."""
     result = guest.run(["sh", "-c", "test -e /proc/config.gz && zcat /proc/config.gz"], timeout=30)
     return parse_kconfig(result.stdout, "/proc/config.gz") if result.ok else None
+
+
+def start_coverage(guest: Guest, kconfig: Optional[KernelConfig]) -> Optional[str]:
+    """Place the call-site kprobes for this boot (harness/coverage.py); why coverage is off, or None."""
+    if kconfig is not None and not kconfig.enabled("CONFIG_KPROBE_EVENTS"):
+        return "off: CONFIG_KPROBE_EVENTS is not set"
+    result = guest.run(["sh", "-c", coverage.SETUP_SCRIPT], timeout=30)
+    if not result.ok:
+        return f"off: placing the call-site kprobes failed: {(result.stderr or result.stdout).strip()[-200:]}"
+    return None
+
+
+def collect_coverage(guest: Guest, version: tuple[int, int], notes: list[str]) -> Optional[Hits]:
+    """The call sites since the last collection (the scenario's, collected after its end mark)."""
+    result = guest.run(["sh", "-c", coverage.COLLECT_SCRIPT], timeout=60)
+    if not result.ok:
+        notes.append(f"call-site coverage: collecting failed: {(result.stderr or result.stdout).strip()[-200:]}")
+        return None
+    parsed = coverage.parse_collect(result.stdout)
+    if not parsed.complete:
+        notes.append(f"call-site coverage incomplete: {parsed.overruns} stacks lost to a full buffer, "
+                     f"{parsed.skipped} lines not understood, {parsed.unpaired} stacks without their event")
+    return coverage.sites_hit(parsed.stacks, version)
 
 
 def new_run_dir(base: Path = Path("runs"), prefix: str = "") -> Path:
@@ -204,6 +229,8 @@ class Run:
                     if kconfig is None:
                         kconfig = guest_kernel_config(guest)
                     info["kernel_config"] = kconfig.source if kconfig else "unknown (no .config, no /proc/config.gz)"
+                    coverage_off = start_coverage(guest, kconfig)
+                    info["callsite_coverage"] = coverage_off or "on"
                     while pending:
                         sc, dirname = pending.pop(0)
                         missing = kconfig.missing(SCENARIOS[sc.name].needs) if kconfig else []
@@ -211,7 +238,8 @@ class Run:
                             self._record(self._skipped(sc, kernel, machine.accel_used, kdir / dirname,
                                                        skip_reason(missing)))
                             continue
-                        result, after = self._run_scenario(sc, kernel, machine, guest, kdir / dirname, kconfig)
+                        result, after = self._run_scenario(sc, kernel, machine, guest, kdir / dirname, kconfig,
+                                                           coverage=coverage_off is None)
                         self._record(result)
                         # An unreliable kernel after the last scenario still serves `repro --shell`.
                         if after == "lost" or (after == "reboot" and pending):
@@ -236,7 +264,8 @@ class Run:
                       artifacts=str(sdir.relative_to(self.out_dir)))
 
     def _run_scenario(self, sc: ScenarioConfig, kernel: Kernel, machine: Machine, guest: Guest,
-                      sdir: Path, kconfig: Optional[KernelConfig] = None) -> tuple[Result, str]:
+                      sdir: Path, kconfig: Optional[KernelConfig] = None,
+                      coverage: bool = False) -> tuple[Result, str]:
         """The scenario's Result, and what becomes of the guest: "keep", "reboot" (its kernel is no
         longer one to test on) or "lost"."""
         try:
@@ -257,6 +286,8 @@ class Run:
         lost: Optional[MachineLost] = None
         verdict: Optional[Verdict] = None
         taint_before = taint_after = 0
+        hits: Optional[Hits] = None
+        notes: list[str] = []
         try:
             taint_before = self._mark(guest, f"begin {sc.name}")
             guest.start_budget(sc.timeout_s)
@@ -270,6 +301,8 @@ class Run:
                 verdict = Verdict("error", (f"scenario time limit of {sc.timeout_s:.0f} s exceeded: it took "
                                             f"{spent:.0f} s, the last of it on the host",), verdict.notes)
             taint_after = self._mark(guest, f"end {sc.name}")
+            if coverage:
+                hits = collect_coverage(guest, kernel.version, notes)
         except OutputError:
             raise
         except MachineLost as e:
@@ -302,7 +335,7 @@ class Run:
         artifacts = str(sdir.relative_to(self.out_dir))
         self.consoles[artifacts] = text[-JUNIT_CONSOLE_BYTES:]
         verdict = judge_health(verdict, lost, reports, taint_before, taint_after)
-        notes = list(verdict.notes)
+        notes = [*verdict.notes, *notes]
         if console.dropped > dropped_before:
             notes.append(f"console flood: {console.dropped - dropped_before} bytes of console output were "
                          f"not kept (console.log keeps {LOG_LIMIT >> 20} MiB per boot)")
@@ -316,7 +349,9 @@ class Run:
         return Result(kernel=kernel.release, kernel_spec=kernel.spec.text, accel=machine.accel_used,
                       scenario=sc.name, verdict=verdict.status, findings=verdict.findings,
                       duration_s=time.monotonic() - start, seed=self.config.seed, notes=tuple(notes),
-                      reports=tuple(r.title for r in reports), artifacts=artifacts), after
+                      reports=tuple(r.title for r in reports), artifacts=artifacts,
+                      callsites=hits.sites if hits else {},
+                      callsites_unresolved=tuple(hits.as_result_fields()["callsites_unresolved"]) if hits else ()), after
 
     @staticmethod
     def _mark(guest: Guest, what: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from harness.printable import printable
 
@@ -39,19 +39,25 @@ class Result:
     notes: tuple[str, ...] = field(default=())
     reports: tuple[str, ...] = field(default=())   # titles of the kernel's reports in the scenario's console
     artifacts: str = ""   # the scenario's directory, relative to the run directory
+    # The kernel call sites that opened notifier windows or asked about young bits while it ran, with
+    # how often (harness/coverage.py), and the stacks no site of the version's table explains.
+    callsites: Mapping[str, int] = field(default_factory=dict)
+    callsites_unresolved: tuple[str, ...] = field(default=())
 
     def printable(self) -> "Result":
         """The same row with every human field's control characters escaped (they come from the guest)."""
         def each(texts: tuple[str, ...]) -> tuple[str, ...]:
             return tuple(printable(t) for t in texts)
         return replace(self, kernel=printable(self.kernel), findings=each(self.findings), notes=each(self.notes),
-                       reports=each(self.reports))
+                       reports=each(self.reports), callsites_unresolved=each(self.callsites_unresolved))
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["findings"] = list(self.findings)
         d["notes"] = list(self.notes)
         d["reports"] = list(self.reports)
+        d["callsites"] = dict(self.callsites)
+        d["callsites_unresolved"] = list(self.callsites_unresolved)
         d["duration_s"] = round(self.duration_s, 3)
         return d
 

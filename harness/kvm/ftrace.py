@@ -20,6 +20,10 @@ TRACING = "/sys/kernel/tracing"
 KPROBES = {"kvm_release": "kvm_mmu_notifier_release", "kvm_destroy": "kvm_destroy_vm"}
 BUFFER_KB = 8192
 STATS_END = "--nh-trace--"
+# Removes this trace's own kprobes only: `echo > kprobe_events` would fail (EBUSY) while the
+# call-site coverage's kprobes are enabled in their instance (harness/coverage.py).
+_REMOVE_KPROBES = "".join(f'if [ -d events/nh/{name} ]; then echo 0 > events/nh/{name}/enable; '
+                          f'echo "-:nh/{name}" >> kprobe_events; fi; ' for name in KPROBES)
 
 
 @dataclass
@@ -33,7 +37,7 @@ class KvmTrace:
 
     def start(self) -> None:
         script = (f'set -e; cd {TRACING}; echo 0 > tracing_on; echo > trace; echo mono > trace_clock; '
-                  f'echo {BUFFER_KB} > buffer_size_kb; echo > kprobe_events; '
+                  f'echo {BUFFER_KB} > buffer_size_kb; {_REMOVE_KPROBES}'
                   f'for e in {" ".join(KVM_EVENTS)}; do '
                   f'if [ -d events/kvm/$e ]; then echo 1 > events/kvm/$e/enable; echo "event $e"; fi; done; '
                   + "".join(f'if echo "p:nh/{name} {func}" >> kprobe_events 2>/dev/null; then '
@@ -58,7 +62,7 @@ class KvmTrace:
         """Tracing off, the trace and the ring's overrun counts read in one round trip, then the
         kernel's defaults back (1408 KiB is the default buffer size)."""
         script = (f"cd {TRACING}; echo 0 > tracing_on; cat per_cpu/cpu*/stats; echo {STATS_END}; cat trace; "
-                  f"echo 0 > events/enable; echo > kprobe_events; echo > trace; echo 1408 > buffer_size_kb")
+                  f"echo 0 > events/enable; {_REMOVE_KPROBES}echo > trace; echo 1408 > buffer_size_kb")
         out = self.guest.check(["sh", "-c", script])
         stats, marker, trace = out.partition(STATS_END + "\n")
         if not marker:

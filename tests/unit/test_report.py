@@ -20,7 +20,7 @@ def test_results_json_has_the_documented_fields(tmp_path):
     assert doc["schema"] == RESULTS_SCHEMA and doc["run"] == {"seed": 3}
     for row in doc["results"]:
         assert {"kernel", "kernel_spec", "accel", "scenario", "verdict", "findings", "duration_s", "seed",
-                "notes", "reports", "artifacts"} == set(row)
+                "notes", "reports", "artifacts", "callsites", "callsites_unresolved"} == set(row)
         assert row["verdict"] in ("pass", "fail", "error", "skip") and isinstance(row["findings"], list)
     assert doc["results"][1]["findings"] == ["missing end", "second"]
 
