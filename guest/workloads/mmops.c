@@ -57,24 +57,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAGE		4096UL
-#define HPAGE		(2UL << 20)
-#define REGION_BASE	0x7e0000000000UL	/* map N lives at REGION_BASE + N GiB */
-#define REGION_STEP	(1UL << 30)
-#define MAX_MAPS	16
+#include "mmops.h"
 
-struct mapping {
-	char name[16];
-	uintptr_t start;
-	size_t size;
-	unsigned char *shadow;	/* per page: the byte every byte should hold; 0 = not written */
-};
+struct mapping maps[MAX_MAPS];
+int nmaps;
+char scratch[1 << 18];	/* static: reading /proc must not malloc (heap changes are mm events) */
 
-static struct mapping maps[MAX_MAPS];
-static int nmaps;
-static char scratch[1 << 18];	/* static: reading /proc must not malloc (heap changes are mm events) */
-
-static uint64_t now_ns(void)
+uint64_t now_ns(void)
 {
 	struct timespec ts;
 
@@ -82,13 +71,13 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + ts.tv_nsec;
 }
 
-static void fail(const char *op, const char *what, int err)
+void fail(const char *op, const char *what, int err)
 {
 	printf("{\"op\": \"%s\", \"error\": \"%s%s%s\"}\n", op, what, err ? ": " : "", err ? strerror(err) : "");
 	exit(1);
 }
 
-static size_t parse_size(const char *op, const char *s)
+size_t parse_size(const char *op, const char *s)
 {
 	char *end;
 	unsigned long long v = strtoull(s, &end, 0);
@@ -104,7 +93,7 @@ static size_t parse_size(const char *op, const char *s)
 	return v;
 }
 
-static struct mapping *find(const char *op, const char *name)
+struct mapping *find(const char *op, const char *name)
 {
 	for (int i = 0; i < nmaps; i++)
 		if (!strcmp(maps[i].name, name))
@@ -113,7 +102,7 @@ static struct mapping *find(const char *op, const char *name)
 	return NULL;
 }
 
-static ssize_t read_file(const char *path)
+ssize_t read_file(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	ssize_t n, total = 0;
@@ -128,7 +117,7 @@ static ssize_t read_file(const char *path)
 }
 
 /* A smaps field (kB, e.g. "AnonHugePages:") summed over the VMAs inside [start, end), or -1. */
-static long smaps_kb(const char *field, uintptr_t start, uintptr_t end)
+long smaps_kb(const char *field, uintptr_t start, uintptr_t end)
 {
 	size_t len = strlen(field);
 	long total = 0;
@@ -147,13 +136,13 @@ static long smaps_kb(const char *field, uintptr_t start, uintptr_t end)
 	return total;
 }
 
-static long anon_huge_kb(uintptr_t start, uintptr_t end)
+long anon_huge_kb(uintptr_t start, uintptr_t end)
 {
 	return smaps_kb("AnonHugePages:", start, end);
 }
 
 /* Print the private VMAs (which fork may write-protect) as a JSON array. */
-static void print_private_vmas(void)
+void print_private_vmas(void)
 {
 	char *p;
 	int first = 1;
@@ -177,13 +166,13 @@ static void print_private_vmas(void)
 	printf("]");
 }
 
-static void touch(uintptr_t start, size_t len)
+void touch(uintptr_t start, size_t len)
 {
 	for (uintptr_t a = start; a < start + len; a += PAGE)
 		*(volatile char *)a = 1;
 }
 
-static void fill_pages(struct mapping *m, uintptr_t start, size_t len, int val)
+void fill_pages(struct mapping *m, uintptr_t start, size_t len, int val)
 {
 	memset((void *)start, val, len);
 	memset(m->shadow + (start - m->start) / PAGE, val, len / PAGE);
@@ -194,7 +183,7 @@ static void fill_pages(struct mapping *m, uintptr_t start, size_t len, int val)
  * zeros), anything else that every byte holds that value.  Assumes the whole
  * mapping is still mapped and nothing was discarded.
  */
-static long bad_pages(struct mapping *m)
+long bad_pages(struct mapping *m)
 {
 	long bad = 0;
 
@@ -225,7 +214,7 @@ static void wait_for_probe(void)
 	fail("wait", "the probe did not attach within 10 s", 0);
 }
 
-static int prot_of(const char *op, const char *s)
+int prot_of(const char *op, const char *s)
 {
 	if (!strcmp(s, "r"))
 		return PROT_READ;
@@ -378,12 +367,12 @@ static void op_loop(char **f, int n)
 	printf("{\"op\": \"loop\", \"count\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", count, t0, t1);
 }
 
-static long read_long(const char *path)
+long read_long(const char *path)
 {
 	return read_file(path) > 0 ? strtol(scratch, NULL, 10) : -1;
 }
 
-static int write_str(const char *path, const char *value)
+int write_str(const char *path, const char *value)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	int ok;
@@ -395,7 +384,7 @@ static int write_str(const char *path, const char *value)
 	return ok ? 0 : -1;
 }
 
-static int find_kthread(const char *comm)
+int find_kthread(const char *comm)
 {
 	char path[64];
 	int found = 0;
@@ -737,6 +726,21 @@ static void op_reclaim(char **f, int n)
 	       (unsigned long)(m->start + m->size), lru_gen, err, smaps_kb("Swap:", m->start, m->start + m->size), t0, t1);
 }
 
+/*
+ * Operation families in files of their own (mmops-*.c) register with MMOPS_FAMILY; the linker
+ * collects them into one section, so adding a family touches no shared file.
+ */
+extern const struct mmops_family __start_mmops_families[] __attribute__((weak));
+extern const struct mmops_family __stop_mmops_families[] __attribute__((weak));
+
+static int family_op(char **f, int n)
+{
+	for (const struct mmops_family *fam = __start_mmops_families; fam < __stop_mmops_families; fam++)
+		if (fam->op(f, n))
+			return 1;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	int first = 1, probe = 1;
@@ -783,7 +787,7 @@ int main(int argc, char **argv)
 		else if (!strcmp(f[0], "dontneed") || !strcmp(f[0], "mprotect") || !strcmp(f[0], "munmap") ||
 			 !strcmp(f[0], "touch") || !strcmp(f[0], "split") || !strcmp(f[0], "cold"))
 			op_range(f[0], f, n);
-		else
+		else if (!family_op(f, n))
 			fail(f[0], "unknown operation", 0);
 	}
 	printf("{\"op\": \"exit\", \"pid\": %d, \"t0\": %" PRIu64 "}\n", getpid(), now_ns());

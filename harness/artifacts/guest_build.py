@@ -50,6 +50,12 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def workload_sources(name: str) -> list[Path]:
+    """NAME.c, and NAME-*.c: the operation families mmops links in (guest/workloads/mmops.h)."""
+    workloads = GUEST / "workloads"
+    return [workloads / f"{name}.c", *sorted(workloads.glob(f"{name}-*.c"))]
+
+
 def build_workloads(cache: Path) -> dict[str, Path]:
     gcc = shutil.which("gcc")
     if gcc is None:
@@ -60,7 +66,7 @@ def build_workloads(cache: Path) -> dict[str, Path]:
     def build(out: Path) -> None:
         for name in WORKLOADS:
             proc = subprocess.run([gcc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{GUEST / 'include'}",
-                                   "-o", str(out / name), str(GUEST / "workloads" / f"{name}.c")],
+                                   "-o", str(out / name), *map(str, workload_sources(name))],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise ArtifactError(f"building guest workload {name} failed:\n{_tail(proc.stderr)}")
