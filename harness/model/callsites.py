@@ -376,7 +376,7 @@ def _resolve(table: SiteTable, frames: Sequence[str], entry: Optional[str], size
 # Sites whose windows (or young callbacks) a per-operation rule of the model judges today, and the
 # scenarios that run those operations (harness/model/expect.py's _EXPECT, harness/model/reaper.py).
 # A site reached only by other scenarios is checked by the notifier contract alone.
-JUDGED_BY: Mapping[str, tuple[str, ...]] = {
+JUDGED_BY: dict[str, tuple[str, ...]] = {
     # expect_dontneed: the CLEAR per VMA, and a partly covered THP's nested split
     "zap_page_range_single": ("mm-basic", "thp-split"),
     # expect_mprotect/expect_munmap's VMA splits, expect_dontneed's nested split, expect_split's
@@ -409,3 +409,8 @@ JUDGED_BY: Mapping[str, tuple[str, ...]] = {
     # reaper.judge_reaper: a non-blockable UNMAP per reapable VMA
     "__oom_reap_task_mm": ("memcg-oom", "memcg-oom-nonblock-fail"),
 }
+
+
+def register_judged(site: str, *scenarios: str) -> None:
+    """Scenarios of an operation family (harness/model/families/) whose per-operation rules judge `site`."""
+    JUDGED_BY[site] = (*JUDGED_BY.get(site, ()), *(s for s in scenarios if s not in JUDGED_BY.get(site, ())))

@@ -453,12 +453,20 @@ def expect_reclaim(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     return Expectation(op, check=check)
 
 
-_EXPECT: dict[str, Callable[[Op, AddressSpace, Features], Expectation]] = {
+ExpectFn = Callable[[Op, AddressSpace, Features], Expectation]
+_EXPECT: dict[str, ExpectFn] = {
     "dontneed": expect_dontneed, "mprotect": expect_mprotect, "munmap": expect_munmap,
     "split": expect_split, "cow": expect_cow, "fill": expect_write, "write": expect_write,
     "unmerge": expect_unmerge, "ksm": expect_ksm, "cold": expect_cold, "khugepaged": expect_khugepaged,
     "reclaim": expect_reclaim,
 }
+
+
+def register_expectation(kind: str, expect: ExpectFn) -> None:
+    """An operation family's expectation for its operation `kind` (harness/model/families/)."""
+    if kind in _EXPECT:
+        raise ValueError(f"operation {kind!r} has an expectation already")
+    _EXPECT[kind] = expect
 
 
 def expectations(ops: Sequence[Op], f: Features) -> list[Expectation]:

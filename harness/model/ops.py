@@ -28,6 +28,25 @@ RANGED = frozenset({"map", "dontneed", "mprotect", "munmap", "touch", "split", "
                     "verify", "ksm", "unmerge", "oom", "khugepaged", "reclaim"})
 
 
+@dataclass(frozen=True)
+class FamilyOp:
+    """An operation of a family beyond mmops.c's own (guest/workloads/mmops-*.c, modelled in
+    harness/model/families/): its integer fields and whether it names a [start, end) range."""
+
+    ints: tuple[str, ...] = ()
+    ranged: bool = True
+
+
+FAMILY_OPS: dict[str, FamilyOp] = {}
+
+
+def register_op(kind: str, ints: tuple[str, ...] = (), ranged: bool = True) -> None:
+    """Declare a family's operation to the parser (at import of its family module)."""
+    if kind in FAMILY_OPS or kind in RANGED:
+        raise ValueError(f"operation {kind!r} is declared twice")
+    FAMILY_OPS[kind] = FamilyOp(ints, ranged)
+
+
 class ModelError(HarnessError):
     """The operations ask for something the model does not encode; it says so instead of guessing."""
 
@@ -84,6 +103,8 @@ class Op:
     errno: int = 0                   # reclaim: the write to memory.reclaim (EAGAIN: reclaimed less)
     swap_kb: int = -1                # reclaim: Swap of the mapping afterwards
     cpu: int = -1                    # cpu: the CPU the workload is pinned to from now on
+    # An operation family's own integer fields (harness/model/families/), by name.
+    extra: Mapping[str, int] = field(default_factory=dict)
 
     def describe(self) -> str:
         if not self.end:
@@ -131,6 +152,8 @@ def _op(line: Mapping[str, Any], kind: str, source: str, max_range: int,
     else:
         t1 = int_field(line, "t1", source, lo=t0, hi=U64_MAX)
     start, end = _op_range(line, kind, source, max_range)
+    family = FAMILY_OPS.get(kind)
+    extra = {k: int_field(line, k, source, lo=-(1 << 63), hi=U64_MAX) for k in family.ints} if family else {}
     return Op(kind=kind, t0=t0, t1=t1, name=guest_field(line, "name", str, source, ""), start=start, end=end,
               prot=guest_field(line, "prot", str, source, ""), thp=guest_field(line, "thp", bool, source, False),
               anon_huge_kb=num("anon_huge_kb", -1), child=num("child", 0, lo=0, hi=PID_MAX),
@@ -141,13 +164,15 @@ def _op(line: Mapping[str, Any], kind: str, source: str, max_range: int,
               full_scans_before=num("full_scans_before", 0), vmas=vmas,
               khugepaged_pid=num("khugepaged_pid", 0, lo=0, hi=PID_MAX), collapse_alloc=num("collapse_alloc", 0),
               collapse_alloc_failed=num("collapse_alloc_failed", 0), lru_gen=num("lru_gen", -1),
-              errno=num("errno", 0), swap_kb=num("swap_kb", -1), cpu=num("cpu", -1))
+              errno=num("errno", 0), swap_kb=num("swap_kb", -1), cpu=num("cpu", -1), extra=extra)
 
 
 def _op_range(line: Mapping[str, Any], kind: str, source: str, max_range: int) -> tuple[int, int]:
     """An operation's [start, end): required of the operations on a mapping, a user address range
     no larger than `max_range`; (0, 0) for the others."""
-    if kind not in RANGED and "start" not in line and "end" not in line:
+    family = FAMILY_OPS.get(kind)
+    ranged = kind in RANGED or (family is not None and family.ranged)
+    if not ranged and "start" not in line and "end" not in line:
         return 0, 0
     start = int_field(line, "start", source, lo=0, hi=USER_ADDR_LIMIT)
     end = int_field(line, "end", source, lo=0, hi=USER_ADDR_LIMIT)
@@ -282,3 +307,7 @@ class AddressSpace:
             if a.end == b.start and (a.prot, a.thp) == (b.prot, b.thp):
                 raise ModelError(f"VMAs [{a.start:#x}, {a.end:#x}) and [{b.start:#x}, {b.end:#x}) would merge; "
                                  f"vma_merge's PMD splits are not modelled")
+
+
+# The operation families register their operations (and expectations) when imported.
+import harness.model.families  # noqa: E402,F401
