@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from harness.config import ACCELERATORS, Config, load_config, with_overrides
 from harness.debuglog import kept_in, verbose_to_stderr
+from harness.kconfig import skip_reason
 from harness.errors import ConfigError, HarnessError, OutputError
 from harness.printable import printable
 from harness.scenarios import KNOBS, SCENARIOS
@@ -220,6 +221,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from harness.artifacts.cache import cache_root
+    from harness.model.versions import verified_label
+
     print("scenarios:")
     for name, scenario in sorted(SCENARIOS.items()):
         print(f"  {name:24} {scenario.description}")
@@ -227,13 +231,38 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"kernels in {args.config}:")
     for spec in config.kernels:
         print(f"  {spec.text}")
-    from harness.artifacts.cache import cache_root
+    print(f"versions the model was read from (verified): {verified_label()}")
+    for text in args.kernel or ():
+        _list_for_kernel(text, cache_root())
     cached = sorted(p.name for p in (cache_root() / "kernels" / "debian").glob("*") if (p / ".complete").exists())
     if cached:
         print("Debian kernels in the cache:")
         for name in cached:
             print(f"  {name}")
     return 0
+
+
+def _list_for_kernel(text: str, cache: Path) -> None:
+    """Per scenario, whether it runs on this kernel or is skipped, and why (its configuration)."""
+    from harness.artifacts.kernel import resolve_kernel
+    from harness.kernelspec import parse_kernel_spec
+    from harness.model.versions import extrapolated, features_for
+    from harness.runner import host_kernel_config
+
+    try:
+        spec = parse_kernel_spec(text)
+    except ConfigError as e:
+        raise ConfigError(f"--kernel: {e}") from None
+    kernel = resolve_kernel(spec, cache)
+    kconfig = host_kernel_config(kernel)
+    features = features_for(kernel.version)
+    print(f"kernel {text}: {kernel.release}, configuration from "
+          f"{kconfig.source if kconfig else 'nowhere on the host (read from /proc/config.gz at boot, if it has it)'}")
+    if not features.verified:
+        print(f"  outside the verified versions; extrapolated: {'; '.join(extrapolated(features))}")
+    for name, scenario in sorted(SCENARIOS.items()):
+        missing = kconfig.missing(scenario.needs) if kconfig else []
+        print(f"  {name:24} {'skip: ' + skip_reason(missing) if missing else 'run'}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -274,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = sub.add_parser("list", help="list scenarios and kernels")
     lst.add_argument("-c", "--config", default=str(DEFAULT_CONFIG))
+    lst.add_argument("--kernel", action="append", metavar="SPEC",
+                     help="also show, per scenario, whether it runs on this kernel or is skipped and why "
+                          "(from its configuration; repeatable)")
     lst.set_defaults(func=cmd_list)
 
     repro = sub.add_parser("repro", help="rerun one scenario of a run: same kernel, settings and seed")

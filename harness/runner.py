@@ -31,7 +31,7 @@ from harness.guest_data import parse_int, quote
 from harness.kconfig import KernelConfig, parse_kconfig, skip_reason
 from harness.health import judge_health, reboot_reason
 from harness.kernelspec import KernelSpec
-from harness.model.versions import features_for
+from harness.model.versions import extrapolated, features_for, verified_label
 from harness.printable import printable
 from harness.report import write_reports
 from harness.scenarios import SCENARIOS, ScenarioContext
@@ -336,6 +336,9 @@ class Run:
         self.consoles[artifacts] = text[-JUNIT_CONSOLE_BYTES:]
         verdict = judge_health(verdict, lost, reports, taint_before, taint_after)
         notes = [*verdict.notes, *notes]
+        if not ctx.features.verified:
+            notes.append(f"kernel {ctx.features.label} is outside the versions the model was read from "
+                         f"({verified_label()}); extrapolated: " + "; ".join(extrapolated(ctx.features)))
         if console.dropped > dropped_before:
             notes.append(f"console flood: {console.dropped - dropped_before} bytes of console output were "
                          f"not kept (console.log keeps {LOG_LIMIT >> 20} MiB per boot)")

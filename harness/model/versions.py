@@ -40,6 +40,29 @@ class Features:
         return f"{self.version[0]}.{self.version[1]}"
 
 
+# The version thresholds the table rests on: (what, the first version with the newer behaviour,
+# where the date comes from).  Between and beyond the verified versions they are extrapolations.
+THRESHOLDS: tuple[tuple[str, tuple[int, int], str], ...] = (
+    ("arch_invalidate_secondary_tlbs instead of invalidate_range", (6, 6), "the rename, dated from 6.5 and 6.6"),
+    ("no change_pte (and no kvm_set_spte_hva)", (6, 10), "the removal, dated from 6.9 and 6.10"),
+    ("mprotect's PROTECTION_VMA per P4D from the first non-none PUD", (6, 10), "change_pud_range, dated from 6.10"),
+    ("MGLRU's look-around calls clear_young", (6, 12), "seen in 6.12, not dated between 6.1 and 6.12"),
+)
+
+
+def verified_label() -> str:
+    return ", ".join(f"{v[0]}.{v[1]}" for v in sorted(VERIFIED))
+
+
+def extrapolated(f: Features) -> list[str]:
+    """For a version the model was not read from: each threshold it was judged by, and which side of it
+    the version was put on."""
+    if f.verified:
+        return []
+    return [f"{what}: {'assumed' if f.version >= since else 'not assumed'} (from {since[0]}.{since[1]}; {source})"
+            for what, since, source in THRESHOLDS]
+
+
 def features_for(version: tuple[int, int]) -> Features:
     return Features(
         version=version,

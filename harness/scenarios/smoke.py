@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from harness.console_reports import classify
 from harness.kvm.vmm import load_kvm
-from harness.scenarios.base import MARK_PREFIX, ScenarioContext
+from harness.kconfig import skip_reason
+from harness.scenarios.base import KVM_NEEDS, MARK_PREFIX, ScenarioContext
 from harness.verdict import Verdict
 
 
@@ -31,8 +32,12 @@ class Smoke:
         if release != guest.release:
             findings.append(f"uname -r says {release!r}, expected {guest.release!r}")
 
-        module, problem = load_kvm(guest)
-        if module is None:
+        unconfigured = ctx.kconfig.missing(KVM_NEEDS) if ctx.kconfig else []
+        module, problem = (None, None) if unconfigured else load_kvm(guest)
+        if unconfigured:
+            notes.append(f"the kernel is not configured as a KVM host ({skip_reason(unconfigured)}); "
+                         f"/dev/kvm check skipped")
+        elif module is None:
             # Not the kernel's fault: the virtual CPU offers no virtualisation.
             notes.append(f"guest CPU shows neither svm nor vmx under {guest.accel}; /dev/kvm check skipped")
         elif problem:

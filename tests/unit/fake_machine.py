@@ -93,7 +93,8 @@ class FakeMachine(Machine):
 
 
 def fake_prepare(spec: KernelSpec, cache: Path) -> Prepared:
-    release = {"debian:6.1": "6.1.0-99-cloud-amd64", "debian:6.12": "6.12.99+deb12-cloud-amd64"}[spec.text]
+    release = {"debian:6.1": "6.1.0-99-cloud-amd64", "debian:6.12": "6.12.99+deb12-cloud-amd64",
+               "tree:/src/linux-6.6": "6.6.0-nh"}[spec.text]
     kernel = Kernel(spec=spec, release=release, image=cache / "vmlinuz", modules_dir=cache, build_dir=None)
     return Prepared(kernel=kernel, initramfs=Initramfs(path=cache / "initrd", host_key="ecdsa-sha2-nistp256 AAAA",
                                                        digest="0" * 64, modules=(), built=False))

@@ -67,3 +67,25 @@ def test_the_debian_cloud_kernels_run_every_scenario():
     for name in ("6.1-cloud-amd64.config", "6.12-cloud-amd64.config"):
         c = parse_kconfig((REPO / "tests" / "data" / "kconfig" / name).read_text(), name)
         assert {s: c.missing(sc.needs) for s, sc in SCENARIOS.items() if c.missing(sc.needs)} == {}, name
+
+
+def test_list_for_a_kernel_says_which_scenarios_run_and_why_not(tmp_path, capsys, monkeypatch):
+    """A developer's tree with KSM and KVM off: those scenarios are listed as skipped, option named."""
+    from harness.cli import main
+    from tests.unit.test_kernelspec import bzimage
+    image = tmp_path / "arch" / "x86" / "boot" / "bzImage"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(bzimage(b"6.8.0-nh (gcc) #1"))
+    (tmp_path / ".config").write_text((REPO / "configs" / "kernel.config").read_text()
+                                      .replace("CONFIG_KSM=y", "# CONFIG_KSM is not set")
+                                      .replace("CONFIG_KVM=m", "# CONFIG_KVM is not set"))
+    monkeypatch.setenv("NOTIFIER_HARNESS_CACHE", str(tmp_path / "cache"))
+    assert main(["list", "--kernel", f"tree:{tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    rows = dict(line.split(None, 1) for line in out.split(f"kernel tree:{tmp_path}:")[1].splitlines()[2:]
+                if line.startswith("  ") and not line.startswith("  outside"))
+    assert rows["ksm"] == "skip: CONFIG_KSM is not set"
+    assert rows["kvm-ksm"] == "skip: CONFIG_KVM is not set; CONFIG_KSM is not set"
+    assert rows["dirty-log"] == "skip: CONFIG_KVM is not set" and rows["mm-basic"] == "run"
+    assert "versions the model was read from (verified): 6.1, 6.12" in out
+    assert "outside the verified versions; extrapolated: " in out

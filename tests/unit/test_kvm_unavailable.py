@@ -37,7 +37,9 @@ class FakeGuest:
 
 def test_reasons():
     assert "neither svm nor vmx under tcg" in prepare_kvm(FakeGuest())
-    assert "modprobe kvm_amd failed: FATAL" in prepare_kvm(FakeGuest("svm", modprobe_ok=False))
+    assert "modprobe kvm_amd failed: FATAL" in prepare_kvm(FakeGuest("svm", modprobe_ok=False, dev_kvm=False))
+    # Built in: modprobe has no module to load, and /dev/kvm is there.
+    assert prepare_kvm(FakeGuest("svm", modprobe_ok=False)) is None
     assert "/dev/kvm did not appear after loading kvm_intel" in prepare_kvm(FakeGuest("vmx", dev_kvm=False))
     guest = FakeGuest("svm npt")
     assert prepare_kvm(guest) is None and guest.ran[0] == "modprobe kvm_amd"

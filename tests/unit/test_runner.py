@@ -150,3 +150,12 @@ def test_without_a_known_configuration_every_scenario_runs(tmp_path, monkeypatch
     results, doc = run(tmp_path, monkeypatch, ["needs-ksm"], kernels=("debian:6.1",))
     assert [r.verdict for r in results] == ["pass"]
     assert doc["run"]["kernels"][0]["kernel_config"].startswith("unknown")
+
+
+def test_a_kernel_outside_the_verified_set_names_what_was_extrapolated(tmp_path, monkeypatch, scenarios):
+    results, _ = run(tmp_path, monkeypatch, ["ok"], kernels=("tree:/src/linux-6.6", "debian:6.12"))
+    unverified, verified = (" ".join(r.notes) for r in results)
+    assert "kernel 6.6 is outside the versions the model was read from (6.1, 6.12)" in unverified
+    assert "arch_invalidate_secondary_tlbs instead of invalidate_range: assumed (from 6.6" in unverified
+    assert "no change_pte (and no kvm_set_spte_hva): not assumed (from 6.10" in unverified
+    assert "outside the versions" not in verified
