@@ -46,7 +46,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import new_run_dir
 
     config = _load(args)
+    if args.workload:
+        config = with_workload(config, args.workload, args.workload_args)
+    elif args.workload_args:
+        raise ConfigError(f"arguments {' '.join(args.workload_args)!r} given without --workload PATH")
     return _execute(config, Path(args.out) if args.out else new_run_dir())
+
+
+def with_workload(config: Config, path: str, args: Sequence[str]) -> Config:
+    """`run --workload PATH [-- ARGS]`: the run is that program under the probe, on the config's kernels."""
+    from dataclasses import replace
+
+    from harness.config import parse_config
+    data = config.to_dict()
+    data["scenarios"] = [{"name": "workload", "path": path, "args": list(args)}]
+    source = data.pop("source")
+    try:
+        workload = parse_config(data, source=source, known_scenarios=KNOBS).scenarios
+    except ConfigError as e:
+        raise ConfigError(f"--workload: {str(e).split(': ', 1)[-1]}") from None
+    return replace(config, scenarios=workload)
 
 
 def _execute(config: Config, out: Path, on_done: Optional[Callable[[Any], None]] = None) -> int:
@@ -289,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"scenario to run, repeatable (known: {', '.join(sorted(SCENARIOS))})")
     run.add_argument("--seed", type=int, help="seed for randomised scenarios (default: the config's)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/<timestamp>-<id>/)")
+    run.add_argument("--workload", metavar="PATH",
+                     help="run this program (static binary or script) under the probe instead of the config's "
+                          "scenarios; its arguments follow --")
+    run.add_argument("workload_args", nargs="*", metavar="ARGS", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     boot = sub.add_parser("boot", help="boot the first kernel and open a shell on it")

@@ -82,6 +82,9 @@ class ScenarioConfig:
     examples: int = 200
     steps: int = 20
     vmm_corrupt: str = "off"
+    # workload: a program of the user's (a host file, copied into the guest) and its arguments.
+    path: str = ""
+    args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,16 @@ class Config:
             "kernels": [k.text for k in self.kernels],
             "machine": {key: getattr(self.machine, attr) for key, (attr, _) in _MACHINE_KEYS.items()},
             "scenarios": [{"name": s.name, "timeout": s.timeout_s,
-                           **{key: getattr(s, attr) for key, (attr, _) in _SCENARIO_KEYS.items()
+                           **{key: _plain(getattr(s, attr)) for key, (attr, _) in _SCENARIO_KEYS.items()
                               if key != "timeout" and getattr(s, attr) != getattr(defaults, attr)}}
                           for s in self.scenarios],
             "seed": self.seed,
         }
+
+
+def _plain(value: Any) -> Any:
+    """A knob as JSON has it (a tuple of arguments is a list)."""
+    return list(value) if isinstance(value, tuple) else value
 
 
 # --- value parsers: each takes (value, key path) and raises ConfigError -----
@@ -203,6 +211,29 @@ def _one_of(choices: Sequence[str]) -> Callable[[Any, str], str]:
     return parse
 
 
+def _host_file(value: Any, path: str) -> str:
+    """A file on the host; relative paths are resolved by the caller (against the config's directory)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise _fail(path, value, "expected the path of a file")
+    try:
+        absolute = Path(value).expanduser().resolve()
+    except (RuntimeError, OSError) as e:
+        raise _fail(path, value, f"expected the path of a file ({e})") from None
+    if not absolute.is_file():
+        raise _fail(path, value, f"expected the path of a file; {absolute} is not one")
+    return str(absolute)
+
+
+def _strings(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                                              for v in value):
+        raise _fail(path, value, "expected a list of arguments")
+    words = tuple(str(v) for v in value)
+    if any("\0" in w for w in words):
+        raise _fail(path, value, "arguments cannot contain NUL")
+    return words
+
+
 def _mib(value: Any, path: str) -> int:
     """A scenario's size: 32M, 1G or an integer of MiB, at least 4M."""
     return _size_mib(value, path, 4, "32M or 1G", "expected at least 4M")
@@ -222,6 +253,8 @@ _SCENARIO_KEYS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "examples": ("examples", _int_in(1, 100000)),
     "steps": ("steps", _int_in(1, 1000)),
     "vmm_corrupt": ("vmm_corrupt", _one_of(VMM_CORRUPTIONS)),
+    "path": ("path", _host_file),
+    "args": ("args", _strings),
 }
 
 _TOP_KEYS = ("kernels", "machine", "scenarios", "seed")

@@ -11,15 +11,19 @@ from harness.scenarios.kvm import KvmKsm, KvmOom, KvmThpSplit
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
 from harness.scenarios.oom import MemcgOom, MemcgOomNonblockFail
 from harness.scenarios.smoke import Smoke
+from harness.scenarios.workload import Workload
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail(), DirtyLog(),
-    KvmThpSplit(), KvmKsm(), KvmOom(), Fault())}
+    KvmThpSplit(), KvmKsm(), KvmOom(), Fault(), Workload())}
 
 # Scenarios that test the harness itself (fault injection): never in the default configs.
 SELF_TESTS = frozenset({"fault"})
 
+# Scenarios that need the user's input (a program to run): never in the default configs either.
+USER_INPUT = frozenset({"workload"})
+
 # What the config accepts for each scenario besides `name` and `timeout`.
 KNOBS: dict[str, frozenset[str]] = {name: s.knobs for name, s in SCENARIOS.items()}
 
-__all__ = ["KNOBS", "SCENARIOS", "SELF_TESTS", "Scenario", "ScenarioContext"]
+__all__ = ["KNOBS", "SCENARIOS", "SELF_TESTS", "USER_INPUT", "Scenario", "ScenarioContext"]

@@ -18,11 +18,11 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_default_config_is_6_1_with_every_scenario():
-    from harness.scenarios import KNOBS, SCENARIOS, SELF_TESTS
+    from harness.scenarios import KNOBS, SCENARIOS, SELF_TESTS, USER_INPUT
     c = load_config(REPO / "configs" / "default.yaml", known_scenarios=KNOBS)
     assert [k.text for k in c.kernels] == ["debian:6.1"]
     assert c.machine.cpus == 2 and c.machine.memory_mib == 2048 and c.machine.accel == "auto"
-    assert {s.name for s in c.scenarios} == set(SCENARIOS) - SELF_TESTS
+    assert {s.name for s in c.scenarios} == set(SCENARIOS) - SELF_TESTS - USER_INPUT
 
 
 def test_matrix_config_has_6_1_and_6_12():
