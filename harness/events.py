@@ -16,13 +16,13 @@ from typing import Optional
 
 from harness.guest_data import PID_MAX, GuestDataError, parse_int
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 # (field, struct code): struct nh_record, in order.
 RECORD_FIELDS: tuple[tuple[str, str], ...] = (
     ("seq", "Q"), ("time_ns", "Q"), ("start", "Q"), ("end", "Q"),
     ("callback", "I"), ("event", "I"), ("flags", "I"), ("ret", "i"),
-    ("cpu", "I"), ("pid", "I"), ("subscriber", "I"), ("reserved", "I"),
+    ("cpu", "I"), ("pid", "I"), ("subscriber", "I"), ("sub_id", "I"),
 )
 RECORD = struct.Struct("<" + "".join(code for _, code in RECORD_FIELDS))
 RECORD_SIZE = RECORD.size
@@ -47,6 +47,17 @@ class Callback(IntEnum):
     CHANGE_PTE = 8
     RELEASE = 9
     INTERVAL_INVALIDATE = 10
+    # The get/put subscription's lifetime, and the module's own calls (docs/get-put.md).
+    ALLOC_NOTIFIER = 11
+    FREE_NOTIFIER = 12
+    GET = 13             # after mmu_notifier_get returned: ret, and users after it in `end`
+    PUT = 14             # before mmu_notifier_put: users before it in `end`
+    SYNCHRONIZE = 15     # after mmu_notifier_synchronize returned
+
+
+# What the probe's get/put mode records besides callbacks.
+GETPUT_CALLS = frozenset({Callback.ALLOC_NOTIFIER, Callback.FREE_NOTIFIER, Callback.GET, Callback.PUT,
+                          Callback.SYNCHRONIZE})
 
 
 class Event(IntEnum):
@@ -67,6 +78,7 @@ class Subscriber(IntEnum):
     INTERVAL = 2
     TLB = 3
     SECOND = 4     # the recording notifier beside a failing primary
+    GETPUT = 5     # a subscription taken with mmu_notifier_get; Record.sub_id says which
 
 
 REC_BLOCKABLE = 1 << 0
@@ -89,10 +101,21 @@ class Record:
     cpu: int
     pid: int
     subscriber: Subscriber
+    sub_id: int = 0      # the get/put subscription's id (Subscriber.GETPUT), else 0
+
+    @property
+    def users(self) -> int:
+        """GET: the subscription's users count after the get; PUT: before the put."""
+        return self.end
 
     def describe(self) -> str:
         name = self.callback.name.lower()
-        if self.callback in (Callback.START, Callback.END, Callback.INTERVAL_INVALIDATE):
+        if self.callback in (Callback.GET, Callback.PUT):
+            what = f"{name} #{self.sub_id} users {self.users}" if self.sub_id else name
+            what += f" FAILED {self.ret}" if self.ret else ""
+        elif self.callback in GETPUT_CALLS:
+            what = f"{name} #{self.sub_id}" if self.sub_id else name
+        elif self.callback in (Callback.START, Callback.END, Callback.INTERVAL_INVALIDATE):
             ev = self.event.name if self.event else "?"
             what = f"{name} {ev} [{self.start:#x}, {self.end:#x})" + ("" if self.blockable else " NONBLOCK") \
                 + (f" FAILED {self.ret}" if self.failed else "")
@@ -103,6 +126,8 @@ class Record:
         else:
             what = f"{name} [{self.start:#x}, {self.end:#x})"
         who = "" if self.subscriber == Subscriber.PRIMARY else f" [{self.subscriber.name.lower()}]"
+        if self.subscriber == Subscriber.GETPUT:
+            who = "" if self.callback in GETPUT_CALLS else f" [getput #{self.sub_id}]"
         return f"#{self.seq} {what} pid {self.pid}{who}"
 
 
@@ -121,10 +146,16 @@ def parse_records(data: bytes, source: str = "probe event stream") -> list[Recor
             event = Event(raw["event"]) if raw["event"] else None
         except ValueError as e:
             raise GuestDataError(source, f"record #{raw['seq']} is malformed ({e}): layout mismatch?") from None
+        # Only the get/put subscriptions are numbered, and their calls only by them.
+        if (raw["sub_id"] != 0 and subscriber != Subscriber.GETPUT) or \
+                (callback in GETPUT_CALLS and subscriber != Subscriber.GETPUT):
+            raise GuestDataError(source, f"record #{raw['seq']} is malformed ({callback.name.lower()} from "
+                                         f"subscriber {subscriber.name.lower()} with id {raw['sub_id']}): "
+                                         f"layout mismatch?")
         records.append(Record(seq=raw["seq"], time_ns=raw["time_ns"], start=raw["start"], end=raw["end"],
                               callback=callback, event=event, blockable=bool(raw["flags"] & REC_BLOCKABLE),
                               failed=bool(raw["flags"] & REC_FAILED), ret=raw["ret"], cpu=raw["cpu"],
-                              pid=raw["pid"], subscriber=subscriber))
+                              pid=raw["pid"], subscriber=subscriber, sub_id=raw["sub_id"]))
     return records
 
 

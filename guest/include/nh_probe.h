@@ -14,7 +14,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define NH_PROBE_ABI_VERSION	1
+#define NH_PROBE_ABI_VERSION	2
 #define NH_PROBE_DEVICE		"/dev/nh_probe"
 
 /* Which callback produced a record. */
@@ -30,6 +30,20 @@ enum nh_callback {
 	NH_CB_CHANGE_PTE = 8,		/* change_pte (<= 6.9) */
 	NH_CB_RELEASE = 9,
 	NH_CB_INTERVAL_INVALIDATE = 10,	/* mmu_interval_notifier_ops.invalidate */
+	/* The get/put subscription's lifetime (NH_SUB_GETPUT; sub_id names the subscription). */
+	NH_CB_ALLOC_NOTIFIER = 11,	/* ops->alloc_notifier: sub_id is the new subscription's */
+	NH_CB_FREE_NOTIFIER = 12,	/* ops->free_notifier (an SRCU callback after the last put) */
+	/*
+	 * Calls the module made, not callbacks, in the same stream so that their
+	 * order against the callbacks is exact.  GET: recorded after
+	 * mmu_notifier_get returned; ret 0 or -errno, end the subscription's users
+	 * count after it.  PUT: recorded before mmu_notifier_put is called (so a
+	 * free_notifier can only follow it), end the users count before it.
+	 * SYNCHRONIZE: recorded after mmu_notifier_synchronize returned.
+	 */
+	NH_CB_GET = 13,
+	NH_CB_PUT = 14,
+	NH_CB_SYNCHRONIZE = 15,
 	NH_CB_COUNT
 };
 
@@ -57,6 +71,7 @@ enum nh_subscriber {
 	NH_SUB_INTERVAL = 2,		/* the interval notifier of NH_ATTACH_INTERVAL */
 	NH_SUB_TLB = 3,			/* the arch_invalidate_secondary_tlbs-only notifier */
 	NH_SUB_SECOND = 4,		/* the recording notifier NH_ATTACH_FAIL_NONBLOCK adds */
+	NH_SUB_GETPUT = 5,		/* a subscription of NH_IOC_GETPUT (mmu_notifier_get); sub_id says which */
 };
 
 /* One callback, as read() returns it.  64 bytes, no implicit padding. */
@@ -72,7 +87,8 @@ struct nh_record {
 	__u32 cpu;		/* (out) raw_smp_processor_id() */
 	__u32 pid;		/* (out) current->pid: the task that caused the callback */
 	__u32 subscriber;	/* (out) enum nh_subscriber */
-	__u32 reserved;		/* (out) 0 */
+	__u32 sub_id;		/* (out) NH_SUB_GETPUT: the subscription's id (1, 2, ... per ATTACH, in
+				 *       alloc_notifier order); 0 for every other subscriber */
 };
 
 /* nh_attach.flags */
@@ -89,8 +105,14 @@ struct nh_record {
 #define NH_ATTACH_FAIL_NONBLOCK	(1u << 3)
 /* The interval notifier returns false from every non-blockable invalidate. */
 #define NH_ATTACH_INTERVAL_FAIL	(1u << 4)
+/*
+ * attached_pid (the module parameter the workloads wait for) is published by
+ * NH_IOC_START, not by ATTACH: the caller does something first (takes
+ * get/put references) and then lets the workload go.
+ */
+#define NH_ATTACH_DEFER_START	(1u << 5)
 #define NH_ATTACH_ALL_FLAGS	(NH_ATTACH_HOLD_MM | NH_ATTACH_INTERVAL | NH_ATTACH_TLB | \
-				 NH_ATTACH_FAIL_NONBLOCK | NH_ATTACH_INTERVAL_FAIL)
+				 NH_ATTACH_FAIL_NONBLOCK | NH_ATTACH_INTERVAL_FAIL | NH_ATTACH_DEFER_START)
 
 struct nh_attach {
 	__u32 abi_version;	/* (in) NH_PROBE_ABI_VERSION */
@@ -131,9 +153,38 @@ struct nh_debug {
 	__u32 seconds;		/* (in) SPIN and SLEEP */
 };
 
+/*
+ * mmu_notifier_get/put on the attached mm, with an ops table of its own
+ * (alloc_notifier/free_notifier; the subscriptions live in static slots, so a
+ * put once too often meets the kernel's WARN, never freed memory).  Every
+ * call and the subscription's callbacks are recorded (NH_SUB_GETPUT).
+ * DETACH puts every reference still held and calls mmu_notifier_synchronize.
+ */
+enum nh_getput_op {
+	NH_GP_GET = 1,		/* `count` x mmu_notifier_get; -ESRCH once the mm has no users (its exit began) */
+	NH_GP_PUT = 2,		/* `count` x mmu_notifier_put; -EINVAL if the module holds fewer references */
+	NH_GP_SYNC = 3,		/* mmu_notifier_synchronize() */
+	NH_GP_UNHOLD = 4,	/* drop NH_ATTACH_HOLD_MM's mmget now (exit_mmap runs if the task is gone) */
+	NH_GP_OVERPUT = 5,	/* debug: one mmu_notifier_put when the module holds no reference */
+};
+
+#define NH_GP_MAX_COUNT		64	/* references per GET or PUT */
+#define NH_GP_MAX_SUBS		8	/* alloc_notifier calls per ATTACH */
+
+struct nh_getput {
+	__u32 op;		/* (in) enum nh_getput_op */
+	__u32 count;		/* (in) GET, PUT: 1..NH_GP_MAX_COUNT */
+	__u32 sub_id;		/* (out) GET: the subscription the last get returned; PUT, OVERPUT: the one put */
+	__u32 users;		/* (out) GET, PUT, OVERPUT: that subscription's users count afterwards */
+	__u32 refs;		/* (out) references the module holds now, on every subscription */
+	__u32 reserved;		/* (in) 0 */
+};
+
 #define NH_IOC_ATTACH	_IOWR('N', 0x01, struct nh_attach)
 #define NH_IOC_DETACH	_IO('N', 0x02)
 #define NH_IOC_STATS	_IOR('N', 0x03, struct nh_stats)
 #define NH_IOC_DEBUG	_IOW('N', 0x04, struct nh_debug)
+#define NH_IOC_START	_IO('N', 0x05)	/* publish attached_pid (after NH_ATTACH_DEFER_START) */
+#define NH_IOC_GETPUT	_IOWR('N', 0x06, struct nh_getput)
 
 #endif /* NH_PROBE_H */

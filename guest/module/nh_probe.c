@@ -18,6 +18,14 @@
  * that it is called before;
  * NH_ATTACH_INTERVAL_FAIL does the same for the interval notifier.
  *
+ * NH_IOC_GETPUT takes and drops references with mmu_notifier_get/put on the
+ * attached mm through a third ops table (nh_gp_ops, with alloc_notifier and
+ * free_notifier) and records those calls beside the callbacks (NH_SUB_GETPUT,
+ * the subscription's id in sub_id).  Its subscriptions are static slots, never
+ * freed memory, and the attachment keeps the mm grabbed: a put once too often
+ * (NH_GP_OVERPUT) meets the kernel's WARN in mmu_notifier_put, not a
+ * use-after-free.  free_notifier runs from an SRCU callback: it only records.
+ *
  * Debug option `corrupt` (off by default) damages the stream on purpose so
  * the oracle can be shown to catch it: 1 drops the first invalidate_range_end
  * of the attached task, 2 shrinks the range of its first invalidate_range_start.
@@ -69,6 +77,14 @@ module_param(attached_pid, int, 0444);
 
 #define NH_ALL_CALLBACKS (((1u << NH_CB_COUNT) - 1) & ~1u)
 
+/* A get/put subscription: one per alloc_notifier call, in a static slot (see above). */
+struct nh_gp_sub {
+	struct mmu_notifier mn;
+	u32 id;			/* slot index + 1 */
+	u32 refs;		/* references the module holds (st.lock) */
+	bool freed;		/* free_notifier ran (WRITE_ONCE: it runs from an SRCU callback) */
+};
+
 static struct nh_state {
 	struct mutex lock;		/* attach, detach, read */
 	spinlock_t ring_lock;		/* the ring and its counters */
@@ -91,9 +107,13 @@ static struct nh_state {
 	bool isub_inserted;
 	struct mmu_notifier tlb_sub;
 	bool tlb_registered;
+	struct nh_gp_sub gp[NH_GP_MAX_SUBS];
+	u32 gp_allocated;		/* slots handed out by alloc_notifier since ATTACH */
+	struct nh_gp_sub *gp_last;	/* what the last successful get returned */
 } st;
 
-static void nh_record(u32 callback, u32 event, u64 start, u64 end, u32 flags, s32 ret, u32 subscriber)
+static void nh_record(u32 callback, u32 event, u64 start, u64 end, u32 flags, s32 ret, u32 subscriber,
+		      u32 sub_id)
 {
 	struct nh_record *rec;
 	unsigned long irqflags;
@@ -127,6 +147,7 @@ static void nh_record(u32 callback, u32 event, u64 start, u64 end, u32 flags, s3
 		.cpu = raw_smp_processor_id(),
 		.pid = current->pid,
 		.subscriber = subscriber,
+		.sub_id = sub_id,
 	};
 	st.head++;
 	spin_unlock_irqrestore(&st.ring_lock, irqflags);
@@ -137,14 +158,37 @@ static u32 nh_range_flags(const struct mmu_notifier_range *range)
 	return mmu_notifier_range_blockable(range) ? NH_REC_BLOCKABLE : 0;
 }
 
+static const struct mmu_notifier_ops nh_gp_ops;
+
+static struct nh_gp_sub *nh_gp_of(struct mmu_notifier *sub)
+{
+	return sub->ops == &nh_gp_ops ? container_of(sub, struct nh_gp_sub, mn) : NULL;
+}
+
 static u32 nh_who(struct mmu_notifier *sub)
 {
+	if (nh_gp_of(sub))
+		return NH_SUB_GETPUT;
 	return sub == &st.sub2 ? NH_SUB_SECOND : NH_SUB_PRIMARY;
+}
+
+static u32 nh_sub_id(struct mmu_notifier *sub)
+{
+	struct nh_gp_sub *gp = nh_gp_of(sub);
+
+	return gp ? gp->id : 0;
+}
+
+/* A callback of any mmu_notifier this module registered, as a record. */
+static void nh_record_cb(struct mmu_notifier *sub, u32 callback, u32 event, u64 start, u64 end, u32 flags,
+			 s32 ret)
+{
+	nh_record(callback, event, start, end, flags, ret, nh_who(sub), nh_sub_id(sub));
 }
 
 static int nh_invalidate_range_start(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
 {
-	nh_record(NH_CB_START, range->event + 1, range->start, range->end, nh_range_flags(range), 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_START, range->event + 1, range->start, range->end, nh_range_flags(range), 0);
 	return 0;
 }
 
@@ -153,28 +197,28 @@ static int nh_failing_range_start(struct mmu_notifier *sub, const struct mmu_not
 {
 	int ret = mmu_notifier_range_blockable(range) ? 0 : -EAGAIN;
 
-	nh_record(NH_CB_START, range->event + 1, range->start, range->end,
-		  nh_range_flags(range) | (ret ? NH_REC_FAILED : 0), ret, nh_who(sub));
+	nh_record_cb(sub, NH_CB_START, range->event + 1, range->start, range->end,
+		     nh_range_flags(range) | (ret ? NH_REC_FAILED : 0), ret);
 	return ret;
 }
 
 static void nh_invalidate_range_end(struct mmu_notifier *sub, const struct mmu_notifier_range *range)
 {
-	nh_record(NH_CB_END, range->event + 1, range->start, range->end, nh_range_flags(range), 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_END, range->event + 1, range->start, range->end, nh_range_flags(range), 0);
 }
 
 #ifdef NH_HAVE_INVALIDATE_RANGE
 static void nh_invalidate_range(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 				unsigned long end)
 {
-	nh_record(NH_CB_INVALIDATE_RANGE, NH_EV_UNSET, start, end, 0, 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_INVALIDATE_RANGE, NH_EV_UNSET, start, end, 0, 0);
 }
 #endif
 
 #ifdef NH_HAVE_CHANGE_PTE
 static void nh_change_pte(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long address, pte_t pte)
 {
-	nh_record(NH_CB_CHANGE_PTE, NH_EV_UNSET, address, 0, 0, 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_CHANGE_PTE, NH_EV_UNSET, address, 0, 0, 0);
 }
 #endif
 
@@ -182,26 +226,26 @@ static void nh_change_pte(struct mmu_notifier *sub, struct mm_struct *mm, unsign
 static int nh_clear_flush_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 				unsigned long end)
 {
-	nh_record(NH_CB_CLEAR_FLUSH_YOUNG, NH_EV_UNSET, start, end, 0, 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_CLEAR_FLUSH_YOUNG, NH_EV_UNSET, start, end, 0, 0);
 	return 0;
 }
 
 static int nh_clear_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 			  unsigned long end)
 {
-	nh_record(NH_CB_CLEAR_YOUNG, NH_EV_UNSET, start, end, 0, 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_CLEAR_YOUNG, NH_EV_UNSET, start, end, 0, 0);
 	return 0;
 }
 
 static int nh_test_young(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long address)
 {
-	nh_record(NH_CB_TEST_YOUNG, NH_EV_UNSET, address, 0, 0, 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_TEST_YOUNG, NH_EV_UNSET, address, 0, 0, 0);
 	return 0;
 }
 
 static void nh_release(struct mmu_notifier *sub, struct mm_struct *mm)
 {
-	nh_record(NH_CB_RELEASE, NH_EV_UNSET, 0, 0, 0, 0, nh_who(sub));
+	nh_record_cb(sub, NH_CB_RELEASE, NH_EV_UNSET, 0, 0, 0, 0);
 }
 
 static const struct mmu_notifier_ops nh_ops = {
@@ -234,12 +278,62 @@ static const struct mmu_notifier_ops nh_failing_ops = {
 	.release = nh_release,
 };
 
+/*
+ * Called by mmu_notifier_get_locked() when no subscription with these ops is
+ * on the mm, with the mm's mmap_lock held for writing, in NH_IOC_GETPUT's
+ * context (st.lock held): a fresh slot, never one used since ATTACH.
+ */
+static struct mmu_notifier *nh_gp_alloc_notifier(struct mm_struct *mm)
+{
+	struct nh_gp_sub *gp;
+
+	if (st.gp_allocated == NH_GP_MAX_SUBS)
+		return ERR_PTR(-ENOSPC);
+	gp = &st.gp[st.gp_allocated++];
+	memset(&gp->mn, 0, sizeof(gp->mn));
+	gp->id = st.gp_allocated;
+	gp->refs = 0;
+	WRITE_ONCE(gp->freed, false);
+	nh_record(NH_CB_ALLOC_NOTIFIER, NH_EV_UNSET, 0, 0, 0, 0, NH_SUB_GETPUT, gp->id);
+	return &gp->mn;
+}
+
+/* From an SRCU callback (mmu_notifier_free_rcu), which may not sleep: record, mark, nothing else. */
+static void nh_gp_free_notifier(struct mmu_notifier *sub)
+{
+	struct nh_gp_sub *gp = container_of(sub, struct nh_gp_sub, mn);
+
+	nh_record(NH_CB_FREE_NOTIFIER, NH_EV_UNSET, 0, 0, 0, 0, NH_SUB_GETPUT, gp->id);
+	WRITE_ONCE(gp->freed, true);
+}
+
+/*
+ * Its own table: mmu_notifier_get finds a subscription by its ops pointer, so
+ * sharing nh_ops would take references on the primary notifier instead.
+ */
+static const struct mmu_notifier_ops nh_gp_ops = {
+	.invalidate_range_start = nh_invalidate_range_start,
+	.invalidate_range_end = nh_invalidate_range_end,
+#ifdef NH_HAVE_INVALIDATE_RANGE
+	.invalidate_range = nh_invalidate_range,
+#endif
+#ifdef NH_HAVE_CHANGE_PTE
+	.change_pte = nh_change_pte,
+#endif
+	.clear_flush_young = nh_clear_flush_young,
+	.clear_young = nh_clear_young,
+	.test_young = nh_test_young,
+	.release = nh_release,
+	.alloc_notifier = nh_gp_alloc_notifier,
+	.free_notifier = nh_gp_free_notifier,
+};
+
 #ifdef NH_HAVE_ARCH_INVALIDATE
 /* A notifier of its own: combined with start/end, registration fails (-EINVAL). */
 static void nh_arch_invalidate(struct mmu_notifier *sub, struct mm_struct *mm, unsigned long start,
 			       unsigned long end)
 {
-	nh_record(NH_CB_ARCH_INVALIDATE, NH_EV_UNSET, start, end, 0, 0, NH_SUB_TLB);
+	nh_record(NH_CB_ARCH_INVALIDATE, NH_EV_UNSET, start, end, 0, 0, NH_SUB_TLB, 0);
 }
 
 static const struct mmu_notifier_ops nh_tlb_ops = {
@@ -253,7 +347,7 @@ static bool nh_interval_invalidate(struct mmu_interval_notifier *isub, const str
 	bool ok = !(READ_ONCE(st.interval_fail) && !mmu_notifier_range_blockable(range));
 
 	nh_record(NH_CB_INTERVAL_INVALIDATE, range->event + 1, range->start, range->end,
-		  nh_range_flags(range) | (ok ? 0 : NH_REC_FAILED), ok, NH_SUB_INTERVAL);
+		  nh_range_flags(range) | (ok ? 0 : NH_REC_FAILED), ok, NH_SUB_INTERVAL, 0);
 	if (ok)
 		mmu_interval_set_seq(isub, cur_seq);
 	return ok;
@@ -262,6 +356,184 @@ static bool nh_interval_invalidate(struct mmu_interval_notifier *isub, const str
 static const struct mmu_interval_notifier_ops nh_interval_ops = {
 	.invalidate = nh_interval_invalidate,
 };
+
+/* --- mmu_notifier_get/put (NH_IOC_GETPUT); the caller holds st.lock --- */
+
+/* GET, PUT: `end` is the subscription's users count (after a get, before a put). */
+static void nh_gp_record(u32 callback, s32 ret, struct nh_gp_sub *gp)
+{
+	nh_record(callback, NH_EV_UNSET, 0, gp ? READ_ONCE(gp->mn.users) : 0, 0, ret, NH_SUB_GETPUT,
+		  gp ? gp->id : 0);
+}
+
+/* References the module holds, on every subscription. */
+static u32 nh_gp_refs(void)
+{
+	u32 i, refs = 0;
+
+	for (i = 0; i < st.gp_allocated; i++)
+		refs += st.gp[i].refs;
+	return refs;
+}
+
+/* Whom to put next: the subscription the last get returned while it has references, else any. */
+static struct nh_gp_sub *nh_gp_held(void)
+{
+	u32 i;
+
+	if (st.gp_last && st.gp_last->refs)
+		return st.gp_last;
+	for (i = 0; i < st.gp_allocated; i++)
+		if (st.gp[i].refs)
+			return &st.gp[i];
+	return NULL;
+}
+
+static long nh_gp_get(u32 count, struct nh_gp_sub **touched)
+{
+	struct mmu_notifier *sub;
+	struct nh_gp_sub *gp;
+	u32 i;
+
+	for (i = 0; i < count; i++) {
+		/*
+		 * __mmu_notifier_register BUG_ONs on an mm without users: pin it, as
+		 * mmu_notifier_register's kernel-doc asks.  That fails once the last
+		 * mmput has begun exit_mmap: the get is refused before the kernel.
+		 */
+		if (!mmget_not_zero(st.mm)) {
+			nh_gp_record(NH_CB_GET, -ESRCH, NULL);
+			return -ESRCH;
+		}
+		sub = mmu_notifier_get(&nh_gp_ops, st.mm);
+		if (IS_ERR(sub)) {
+			nh_gp_record(NH_CB_GET, PTR_ERR(sub), NULL);
+			mmput(st.mm);
+			return PTR_ERR(sub);
+		}
+		gp = container_of(sub, struct nh_gp_sub, mn);	/* found or allocated by nh_gp_ops */
+		gp->refs++;
+		st.gp_last = *touched = gp;
+		/* Before the mmput: if it is the last, exit_mmap's release must follow the get. */
+		nh_gp_record(NH_CB_GET, 0, gp);
+		mmput(st.mm);
+	}
+	return 0;
+}
+
+static void nh_gp_put_one(struct nh_gp_sub *gp)
+{
+	/* Recorded first: the free_notifier that the last put queues must follow it in the stream. */
+	nh_gp_record(NH_CB_PUT, 0, gp);
+	if (gp->refs)
+		gp->refs--;
+	mmu_notifier_put(&gp->mn);
+}
+
+static long nh_gp_put(u32 count, struct nh_gp_sub **touched)
+{
+	u32 i;
+
+	if (count > nh_gp_refs())
+		return -EINVAL;
+	for (i = 0; i < count; i++) {
+		*touched = nh_gp_held();
+		nh_gp_put_one(*touched);
+	}
+	return 0;
+}
+
+/*
+ * The self-test: mmu_notifier_put with no reference left.  Safe here and only
+ * here: the slot is static and ATTACH keeps the mm grabbed, so the kernel
+ * finds users == 0 and WARNs instead of reading freed memory.
+ */
+static long nh_gp_overput(struct nh_gp_sub **touched)
+{
+	if (!st.gp_last)
+		return -ENOENT;
+	if (nh_gp_refs())
+		return -EBUSY;	/* with references held it would be an ordinary put */
+	pr_warn("nh_probe: putting get/put subscription %u once too often, on purpose\n", st.gp_last->id);
+	*touched = st.gp_last;
+	nh_gp_put_one(st.gp_last);
+	return 0;
+}
+
+static void nh_gp_synchronize(void)
+{
+	mmu_notifier_synchronize();
+	nh_gp_record(NH_CB_SYNCHRONIZE, 0, NULL);
+}
+
+/* Put whatever is still held and wait for every free_notifier (DETACH, module exit). */
+static void nh_gp_end(void)
+{
+	struct nh_gp_sub *gp;
+
+	while ((gp = nh_gp_held()))
+		nh_gp_put_one(gp);
+	if (st.gp_allocated)
+		nh_gp_synchronize();
+}
+
+/* Every subscription handed out since ATTACH has been freed: the slots may be reused. */
+static bool nh_gp_all_freed(void)
+{
+	u32 i;
+
+	for (i = 0; i < st.gp_allocated; i++)
+		if (!READ_ONCE(st.gp[i].freed))
+			return false;
+	return true;
+}
+
+static long nh_getput(struct nh_getput __user *uarg)
+{
+	struct nh_getput req;
+	struct nh_gp_sub *touched = NULL;
+	long ret;
+
+	if (copy_from_user(&req, uarg, sizeof(req)))
+		return -EFAULT;
+	if (req.reserved)
+		return -EINVAL;
+	if ((req.op == NH_GP_GET || req.op == NH_GP_PUT) && (!req.count || req.count > NH_GP_MAX_COUNT))
+		return -EINVAL;
+	if (!st.mm)
+		return -ENOENT;
+	switch (req.op) {
+	case NH_GP_GET:
+		ret = nh_gp_get(req.count, &touched);
+		break;
+	case NH_GP_PUT:
+		ret = nh_gp_put(req.count, &touched);
+		break;
+	case NH_GP_SYNC:
+		nh_gp_synchronize();
+		ret = 0;
+		break;
+	case NH_GP_UNHOLD:
+		ret = st.held ? 0 : -ENOENT;
+		if (st.held) {
+			st.held = false;
+			mmput(st.mm);	/* exit_mmap runs here when the task has gone */
+		}
+		break;
+	case NH_GP_OVERPUT:
+		ret = nh_gp_overput(&touched);
+		break;
+	default:
+		return -EINVAL;
+	}
+	/* Out even on failure: a refused get still reports the references held. */
+	req.sub_id = touched ? touched->id : 0;
+	req.users = touched ? READ_ONCE(touched->mn.users) : 0;
+	req.refs = nh_gp_refs();
+	if (copy_to_user(uarg, &req, sizeof(req)))
+		return -EFAULT;
+	return ret;
+}
 
 /* Undo an attachment; the caller holds st.lock. */
 static void nh_detach(void)
@@ -278,6 +550,7 @@ static void nh_detach(void)
 		st.held = false;
 		mmput(mm);
 	}
+	nh_gp_end();
 	if (st.isub_inserted) {
 		mmu_interval_notifier_remove(&st.isub);
 		st.isub_inserted = false;
@@ -328,6 +601,8 @@ static long nh_attach(struct nh_attach __user *uarg)
 #endif
 	if (st.mm)
 		return -EBUSY;
+	if (!nh_gp_all_freed())
+		return -EBUSY;	/* not after nh_gp_end's synchronize: cannot happen, but never reuse a live slot */
 
 	task = get_pid_task(find_vpid(req.pid), PIDTYPE_PID);
 	if (!task)
@@ -346,6 +621,8 @@ static long nh_attach(struct nh_attach __user *uarg)
 	st.pid = req.pid;
 	mmgrab(mm);
 	st.mm = mm;
+	st.gp_allocated = 0;
+	st.gp_last = NULL;
 	WRITE_ONCE(st.recording, true);
 
 	st.interval_fail = req.flags & NH_ATTACH_INTERVAL_FAIL;
@@ -390,7 +667,8 @@ static long nh_attach(struct nh_attach __user *uarg)
 
 	req.record_size = sizeof(struct nh_record);
 	req.ring_records = ring_records;
-	WRITE_ONCE(attached_pid, req.pid);
+	if (!(req.flags & NH_ATTACH_DEFER_START))
+		WRITE_ONCE(attached_pid, req.pid);
 	if (copy_to_user(uarg, &req, sizeof(req))) {
 		nh_detach();
 		return -EFAULT;
@@ -473,6 +751,14 @@ static long nh_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		break;
 	case NH_IOC_STATS:
 		ret = nh_stats((struct nh_stats __user *)arg);
+		break;
+	case NH_IOC_START:
+		ret = st.mm ? 0 : -ENOENT;
+		if (st.mm)
+			WRITE_ONCE(attached_pid, st.pid);
+		break;
+	case NH_IOC_GETPUT:
+		ret = nh_getput((struct nh_getput __user *)arg);
 		break;
 	default:
 		ret = -ENOTTY;
@@ -570,7 +856,7 @@ static void __exit nh_exit(void)
 	mutex_lock(&st.lock);
 	nh_detach();
 	mutex_unlock(&st.lock);
-	/* free_notifier callbacks may still be queued on SRCU */
+	/* Every free_notifier queued by a put must have run before this module's text goes. */
 	mmu_notifier_synchronize();
 	vfree(st.ring);
 }

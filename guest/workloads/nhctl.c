@@ -12,6 +12,13 @@
  *       start PROGRAM, attach to it (PROGRAM waits for that), wait for it to
  *       exit, detach, drain the ring into FILE, print the counters as a final
  *       JSON line.  PROGRAM's stdout passes through.
+ *   nhctl getput --events FILE [--hold] STEP... -- PROGRAM ARGS...
+ *       start PROGRAM and attach to it without letting it go, then run the
+ *       steps in order, one JSON line each: get:N, put:N (mmu_notifier_get/put
+ *       N times), sync (mmu_notifier_synchronize), run (let PROGRAM go and wait
+ *       for it to exit; exactly once), unhold (drop --hold's pin on the mm),
+ *       overput (one put too many: the self-test).  A step that fails is
+ *       reported and the next one runs.  Then detach, drain, counters as in run.
  *
  * options: --hold (mmget until detach)  --interval START END  --tlb
  *          --fail-nonblock (-EAGAIN from non-blockable starts, plus a recording notifier)
@@ -43,7 +50,9 @@ static const char *const callback_names[NH_CB_COUNT] = {
 	[NH_CB_ARCH_INVALIDATE] = "arch_invalidate", [NH_CB_CLEAR_FLUSH_YOUNG] = "clear_flush_young",
 	[NH_CB_CLEAR_YOUNG] = "clear_young", [NH_CB_TEST_YOUNG] = "test_young",
 	[NH_CB_CHANGE_PTE] = "change_pte", [NH_CB_RELEASE] = "release",
-	[NH_CB_INTERVAL_INVALIDATE] = "interval",
+	[NH_CB_INTERVAL_INVALIDATE] = "interval", [NH_CB_ALLOC_NOTIFIER] = "alloc_notifier",
+	[NH_CB_FREE_NOTIFIER] = "free_notifier", [NH_CB_GET] = "get", [NH_CB_PUT] = "put",
+	[NH_CB_SYNCHRONIZE] = "synchronize",
 };
 
 static void die(const char *what, int err)
@@ -176,17 +185,12 @@ static int join_cgroup(const char *dir)
 	return ok ? 0 : -1;
 }
 
-static int cmd_run(int fd, int argc, char **argv, int i)
+/* Start argv[0] (joining `cgroup` first, if given); returns once it has exec'd. */
+static pid_t spawn(int fd, char **argv, const char *cgroup)
 {
-	struct nh_attach req = { 0 };
-	struct run_options run = { 0 };
-	char extra[256];
-	int status, out, execpipe[2], err = 0;
+	int status, execpipe[2], err = 0;
 	pid_t child;
 
-	parse_options(argc, argv, &i, &req, &run);
-	if (!run.events || i >= argc)
-		die("usage: nhctl run --events FILE [options] -- PROGRAM ARGS", 0);
 	fflush(stdout);
 	/*
 	 * exec replaces the mm, so attach only after it: the pipe's write end is
@@ -199,13 +203,13 @@ static int cmd_run(int fd, int argc, char **argv, int i)
 		die("fork", errno);
 	if (child == 0) {
 		close(fd);
-		if (run.cgroup && join_cgroup(run.cgroup)) {
+		if (cgroup && join_cgroup(cgroup)) {
 			err = errno;
 			if (write(execpipe[1], &err, sizeof(err)) < 0)
 				_exit(126);
 			_exit(125);
 		}
-		execv(argv[i], &argv[i]);
+		execv(argv[0], argv);
 		err = errno;
 		if (write(execpipe[1], &err, sizeof(err)) < 0)
 			_exit(126);
@@ -217,32 +221,153 @@ static int cmd_run(int fd, int argc, char **argv, int i)
 		die(WIFEXITED(status) && WEXITSTATUS(status) == 125 ? "join cgroup" : "exec workload", err);
 	}
 	close(execpipe[0]);
-	req.pid = child;
-	req.abi_version = NH_PROBE_ABI_VERSION;
-	if (ioctl(fd, NH_IOC_ATTACH, &req)) {
+	return child;
+}
+
+/* Attach to the workload just spawned; a failure kills it. */
+static void attach_child(int fd, struct nh_attach *req, pid_t child)
+{
+	req->pid = child;
+	req->abi_version = NH_PROBE_ABI_VERSION;
+	if (ioctl(fd, NH_IOC_ATTACH, req)) {
 		int err = errno;
 
 		kill(child, SIGKILL);
 		waitpid(child, NULL, 0);
 		die("NH_IOC_ATTACH", err);
 	}
-	if (waitpid(child, &status, 0) < 0)
-		die("waitpid", errno);
-	/* With --hold the mm outlives the task: give the OOM reaper its time. */
-	if (run.linger_ms > 0)
-		usleep(run.linger_ms * 1000);
-	/* Detach before draining: with --hold, exit_mmap (and release) runs now. */
+}
+
+/* Detach (with --hold, exit_mmap runs now), drain into `events`, print the counters and how it ended. */
+static void finish(int fd, const char *events, pid_t child, int status, uint32_t record_size)
+{
+	char extra[256];
+	int out;
+
 	if (ioctl(fd, NH_IOC_DETACH))
 		die("NH_IOC_DETACH", errno);
-	out = open(run.events, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	out = open(events, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (out < 0)
 		die("open events file", errno);
 	drain(fd, out);
 	close(out);
 	snprintf(extra, sizeof(extra), ", \"pid\": %d, \"exit_status\": %d, \"signal\": %d, \"record_size\": %u",
 		 child, WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
-		 req.record_size);
+		 record_size);
 	print_stats(fd, extra);
+}
+
+static int cmd_run(int fd, int argc, char **argv, int i)
+{
+	struct nh_attach req = { 0 };
+	struct run_options run = { 0 };
+	int status;
+	pid_t child;
+
+	parse_options(argc, argv, &i, &req, &run);
+	if (!run.events || i >= argc)
+		die("usage: nhctl run --events FILE [options] -- PROGRAM ARGS", 0);
+	child = spawn(fd, &argv[i], run.cgroup);
+	attach_child(fd, &req, child);
+	if (waitpid(child, &status, 0) < 0)
+		die("waitpid", errno);
+	/* With --hold the mm outlives the task: give the OOM reaper its time. */
+	if (run.linger_ms > 0)
+		usleep(run.linger_ms * 1000);
+	finish(fd, run.events, child, status, req.record_size);
+	return 0;
+}
+
+/* getput's steps; `count` only for get and put. */
+enum gp_step { GP_GET, GP_PUT, GP_SYNC, GP_RUN, GP_UNHOLD, GP_OVERPUT };
+static const char *const gp_step_names[] = { "get", "put", "sync", "run", "unhold", "overput" };
+#define GP_MAX_STEPS 64
+
+struct step {
+	enum gp_step kind;
+	unsigned int count;
+};
+
+static struct step parse_step(const char *word)
+{
+	struct step st = { 0 };
+	const char *colon = strchr(word, ':');
+	size_t len = colon ? (size_t)(colon - word) : strlen(word);
+	char *end;
+	unsigned int k;
+
+	for (k = 0; k < sizeof(gp_step_names) / sizeof(gp_step_names[0]); k++)
+		if (strlen(gp_step_names[k]) == len && !strncmp(word, gp_step_names[k], len))
+			break;
+	if (k == sizeof(gp_step_names) / sizeof(gp_step_names[0]))
+		die("unknown getput step (get:N put:N sync run unhold overput)", 0);
+	st.kind = k;
+	if (st.kind == GP_GET || st.kind == GP_PUT) {
+		unsigned long n = colon ? strtoul(colon + 1, &end, 10) : 0;
+
+		if (!colon || *end || n < 1 || n > NH_GP_MAX_COUNT)
+			die("get:N and put:N take a count of 1..64", 0);
+		st.count = n;
+	} else if (colon) {
+		die("only get and put take a count", 0);
+	}
+	return st;
+}
+
+/* One step; its JSON line carries the ioctl's answer (ret -1 and errno when it failed). */
+static void do_step(int fd, struct step st, pid_t child, int *status)
+{
+	static const uint32_t ops[] = { [GP_GET] = NH_GP_GET, [GP_PUT] = NH_GP_PUT, [GP_SYNC] = NH_GP_SYNC,
+					[GP_UNHOLD] = NH_GP_UNHOLD, [GP_OVERPUT] = NH_GP_OVERPUT };
+	struct nh_getput gp = { 0 };
+	int ret, err;
+
+	if (st.kind == GP_RUN) {
+		if (ioctl(fd, NH_IOC_START))
+			die("NH_IOC_START", errno);
+		if (waitpid(child, status, 0) < 0)
+			die("waitpid", errno);
+		ret = 0;
+		err = 0;
+	} else {
+		gp.op = ops[st.kind];
+		gp.count = st.count;
+		ret = ioctl(fd, NH_IOC_GETPUT, &gp);
+		err = ret ? errno : 0;
+	}
+	printf("{\"op\": \"gp-step\", \"step\": \"%s\", \"count\": %u, \"ret\": %d, \"errno\": %d, "
+	       "\"sub_id\": %u, \"users\": %u, \"refs\": %u}\n", gp_step_names[st.kind], st.count, ret, err,
+	       gp.sub_id, gp.users, gp.refs);
+	fflush(stdout);
+}
+
+static int cmd_getput(int fd, int argc, char **argv, int i)
+{
+	struct nh_attach req = { .flags = NH_ATTACH_DEFER_START };
+	struct step steps[GP_MAX_STEPS];
+	const char *events = NULL;
+	int nsteps = 0, runs = 0, status = 0;
+	pid_t child;
+
+	for (; i < argc && strcmp(argv[i], "--"); i++) {
+		if (!strcmp(argv[i], "--events") && i + 1 < argc)
+			events = argv[++i];
+		else if (!strcmp(argv[i], "--hold"))
+			req.flags |= NH_ATTACH_HOLD_MM;
+		else if (nsteps == GP_MAX_STEPS)
+			die("too many getput steps", 0);
+		else
+			steps[nsteps++] = parse_step(argv[i]);
+	}
+	for (int k = 0; k < nsteps; k++)
+		runs += steps[k].kind == GP_RUN;
+	if (!events || i + 1 >= argc || runs != 1)
+		die("usage: nhctl getput --events FILE [--hold] STEP... (exactly one run) -- PROGRAM ARGS", 0);
+	child = spawn(fd, &argv[i + 1], NULL);
+	attach_child(fd, &req, child);
+	for (int k = 0; k < nsteps; k++)
+		do_step(fd, steps[k], child, &status);
+	finish(fd, events, child, status, req.record_size);
 	return 0;
 }
 
@@ -252,7 +377,7 @@ int main(int argc, char **argv)
 	int fd, i = 2;
 
 	if (argc < 2)
-		die("usage: nhctl attach|detach|stats|read|run|debug ...", 0);
+		die("usage: nhctl attach|detach|stats|read|run|getput|debug ...", 0);
 	fd = open_probe();
 	if (!strcmp(argv[1], "attach") && argc >= 3) {
 		req.pid = atoi(argv[2]);
@@ -270,6 +395,8 @@ int main(int argc, char **argv)
 		drain(fd, STDOUT_FILENO);
 	} else if (!strcmp(argv[1], "run")) {
 		return cmd_run(fd, argc, argv, i);
+	} else if (!strcmp(argv[1], "getput")) {
+		return cmd_getput(fd, argc, argv, i);
 	} else if (!strcmp(argv[1], "debug") && argc >= 3) {
 		static const char *ops[] = { "", "warn", "oops", "spin", "sleep", "oops-locked" };
 		struct nh_debug d = { 0 };

@@ -6,6 +6,7 @@ from harness.scenarios.aging import Aging
 from harness.scenarios.base import Scenario, ScenarioContext
 from harness.scenarios.dirty_log import DirtyLog
 from harness.scenarios.fault import Fault
+from harness.scenarios.get_put import GetPut, GetPutOverput
 from harness.scenarios.ksm import Ksm
 from harness.scenarios.kvm import KvmKsm, KvmOom, KvmThpSplit
 from harness.scenarios.mm import Cow, ExitRelease, MmBasic, ThpSplit
@@ -15,10 +16,10 @@ from harness.scenarios.workload import Workload
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Smoke(), MmBasic(), ThpSplit(), Cow(), ExitRelease(), Ksm(), Aging(), MemcgOom(), MemcgOomNonblockFail(), DirtyLog(),
-    KvmThpSplit(), KvmKsm(), KvmOom(), Fault(), Workload())}
+    KvmThpSplit(), KvmKsm(), KvmOom(), GetPut(), Fault(), Workload(), GetPutOverput())}
 
-# Scenarios that test the harness itself (fault injection): never in the default configs.
-SELF_TESTS = frozenset({"fault"})
+# Scenarios that test the harness itself (fault injection, a seeded defect): never in the default configs.
+SELF_TESTS = frozenset({"fault", "get-put-overput"})
 
 # Scenarios that need the user's input (a program to run): never in the default configs either.
 USER_INPUT = frozenset({"workload"})

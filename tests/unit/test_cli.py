@@ -19,7 +19,7 @@ def test_missing_config(capsys, tmp_path):
 
 def test_unknown_scenario_names_the_valid_ones(capsys):
     code, _, err = run(capsys, "run", "--scenario", "nosuch")
-    assert code == 2 and "--scenario: unknown scenario 'nosuch'; valid scenarios: aging, cow, dirty-log, exit-release, fault, ksm, kvm-ksm, kvm-oom, kvm-thp-split, memcg-oom, memcg-oom-nonblock-fail, mm-basic, smoke, thp-split" in err
+    assert code == 2 and "--scenario: unknown scenario 'nosuch'; valid scenarios: aging, cow, dirty-log, exit-release, fault, get-put, get-put-overput, ksm, kvm-ksm, kvm-oom, kvm-thp-split, memcg-oom, memcg-oom-nonblock-fail, mm-basic, smoke, thp-split" in err
     assert err.count("\n") == 1
 
 

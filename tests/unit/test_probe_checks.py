@@ -10,6 +10,7 @@ import pytest
 from harness.artifacts.guest_build import build_probe_module
 from harness.artifacts.kernel import Kernel
 from harness.errors import ArtifactError, GuestError
+from harness.events import ABI_VERSION
 from harness.guest import Guest
 from harness.kernelspec import parse_kernel_spec
 from harness.scenarios.probe import load_probe
@@ -42,12 +43,12 @@ def test_record_layout_mismatch_is_detected_at_load():
     g = guest({f"{PARAMS}/corrupt": (1, ""), f"{PARAMS}/abi_version": (0, "1\n"),
                f"{PARAMS}/record_size": (0, "56\n")})
     with pytest.raises(GuestError, match="record layout mismatch: the module has ABI 1 with 56-byte records, "
-                                         "the harness expects ABI 1 with 64-byte records"):
+                                         f"the harness expects ABI {ABI_VERSION} with 64-byte records"):
         load_probe(g)
 
 
 def test_loaded_module_with_other_corruption_is_reloaded():
-    g = guest({f"{PARAMS}/corrupt": (0, "1\n"), f"{PARAMS}/abi_version": (0, "1\n"),
+    g = guest({f"{PARAMS}/corrupt": (0, "1\n"), f"{PARAMS}/abi_version": (0, f"{ABI_VERSION}\n"),
                f"{PARAMS}/record_size": (0, "64\n")})
     load_probe(g, "off")
     asked = g.ssh.asked  # type: ignore[attr-defined]
