@@ -50,7 +50,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = with_workload(config, args.workload, args.workload_args)
     elif args.workload_args:
         raise ConfigError(f"arguments {' '.join(args.workload_args)!r} given without --workload PATH")
-    return _execute(config, Path(args.out) if args.out else new_run_dir())
+    return _execute(config, Path(args.out) if args.out else new_run_dir(), jobs=_jobs(args, len(config.kernels)),
+                    **_shard_options(args))
 
 
 def with_workload(config: Config, path: str, args: Sequence[str]) -> Config:
@@ -68,18 +69,49 @@ def with_workload(config: Config, path: str, args: Sequence[str]) -> Config:
     return replace(config, scenarios=workload)
 
 
-def _execute(config: Config, out: Path, on_done: Optional[Callable[[Any], None]] = None) -> int:
-    from harness.report import summary_table
+def _jobs(args: argparse.Namespace, kernels: int) -> int:
+    from harness.runner import default_jobs
+
+    jobs = getattr(args, "jobs", None)
+    if jobs is None:
+        return default_jobs(kernels)
+    if not 1 <= jobs <= 64:
+        raise ConfigError(f"--jobs {jobs}: expected 1 to 64")
+    return int(jobs)
+
+
+def _shard_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--shard K/N [--durations RUN_DIR]: the Run's shard and the durations that balance it."""
+    from harness.rundir import load_run
+    from harness.shard import parse_shard
+
+    if not getattr(args, "shard", None):
+        if getattr(args, "durations", None):
+            raise ConfigError("--durations balances a --shard; give --shard K/N too")
+        return {}
+    durations = load_run(Path(args.durations)).slot_durations() if args.durations else None
+    return {"shard": parse_shard(args.shard), "durations": durations}
+
+
+def _execute(config: Config, out: Path, on_done: Optional[Callable[[Any], None]] = None, jobs: int = 1,
+             **run_options: Any) -> int:
     from harness.runner import Run
+
+    return _finish(Run(config=config, out_dir=out, log=_log, progress=_progress, on_done=on_done, jobs=jobs,
+                       **run_options))
+
+
+def _finish(run: Any) -> int:
+    """Execute a Run and say what it came to (its table, where its results are)."""
+    from harness.report import summary_table
     from harness.verdict import exit_code
 
-    run = Run(config=config, out_dir=out, log=_log, progress=_progress, on_done=on_done)
     try:
         results = run.execute()
     finally:
         if run.results:
             _log("\n" + summary_table(run.results))
-        _log(f"results: {out / 'results.json'}  junit: {out / 'junit.xml'}")
+        _log(f"results: {run.out_dir / 'results.json'}  junit: {run.out_dir / 'junit.xml'}")
     return exit_code(results)
 
 
@@ -140,6 +172,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if result.regressed else 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from harness.merge import merge_runs
+    from harness.rundir import load_run
+
+    rows = merge_runs([load_run(Path(p)) for p in args.shards], Path(args.out))
+    _log(f"merged {len(args.shards)} shards, {rows} rows: {Path(args.out) / 'results.json'}")
+    return 0
+
+
 def cmd_coverage(args: argparse.Namespace) -> int:
     from harness.coverage import coverage_map
     from harness.rundir import load_run
@@ -154,10 +195,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     the patched run lacks included), 2 when either run could not tell (an error row, no rows)."""
     from dataclasses import replace
 
+    from functools import partial
+
     from harness.compare import compare, format_comparison
     from harness.kernelspec import parse_kernel_spec
     from harness.rundir import load_run
-    from harness.runner import new_run_dir
+    from harness.runner import Run, new_run_dir, together
 
     config = _load(args)
     specs = {}
@@ -167,13 +210,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise ConfigError(f"--{'baseline' if side == 'baseline' else 'kernel'}: {e}") from None
     out = Path(args.out) if args.out else new_run_dir(prefix="validate-")
-    codes = {side: _execute(replace(config, kernels=(spec,)), out / side) for side, spec in specs.items()}
+    runs = [Run(config=replace(config, kernels=(spec,)), out_dir=out / side, log=_log, progress=_progress)
+            for side, spec in specs.items()]
+    # Both kernels at once when the host has the cores: each run is one kernel on its own machine.
+    codes = together([partial(_finish, run) for run in runs], [run.stop for run in runs], _jobs(args, 2))
     result = compare(load_run(out / "baseline"), load_run(out / "patched"))
     _log("\n" + format_comparison(result, f"{args.baseline} ({out / 'baseline'})",
                                    f"{args.patched} ({out / 'patched'})", full=args.full))
     if result.regressed:
         return 1
-    return 2 if 2 in codes.values() else 0
+    return 2 if 2 in codes else 0
 
 
 @dataclass(frozen=True)
@@ -307,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--scenario", action="append", metavar="NAME",
                      help=f"scenario to run, repeatable (known: {', '.join(sorted(SCENARIOS))})")
     run.add_argument("--seed", type=int, help="seed for randomised scenarios (default: the config's)")
+    run.add_argument("--jobs", type=int, metavar="N", help="kernels booted and run at once (default: the number "
+                                                            "of kernels, at most the host's CPUs)")
+    run.add_argument("--shard", metavar="K/N", help="run only part K of N of the (kernel, scenario) slots; "
+                                                     "`merge` joins the parts")
+    run.add_argument("--durations", metavar="RUN_DIR", help="balance --shard by the durations of an earlier run")
     run.add_argument("--out", metavar="DIR", help="run directory (default: a new runs/<timestamp>-<id>/)")
     run.add_argument("--workload", metavar="PATH",
                      help="run this program (static binary or script) under the probe instead of the config's "
@@ -350,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "addresses")
     cmp.set_defaults(func=cmd_compare)
 
+    mrg = sub.add_parser("merge", help="join the shards of one run (run --shard K/N) into one run directory")
+    mrg.add_argument("shards", nargs="+", metavar="RUN_DIR", help="the shards' run directories")
+    mrg.add_argument("--out", required=True, metavar="DIR", help="the merged run directory (must not exist)")
+    mrg.set_defaults(func=cmd_merge)
+
     cov = sub.add_parser("coverage", help="per kernel call site of mmu_notifier: the scenarios of a run that "
                                           "exercised it, whether a per-operation rule judged it, or why not")
     cov.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
@@ -366,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--accel", choices=ACCELERATORS, help="accelerator (default: the config's)")
     val.add_argument("--out", metavar="DIR", help="directory for both runs (default: a new runs/validate-*/)")
     val.add_argument("--full", action="store_true", help="every finding in the table")
+    val.add_argument("--jobs", type=int, metavar="N", help="1: one kernel after the other (default: both at once "
+                                                            "when the host has 2 CPUs)")
     val.set_defaults(func=cmd_validate, kernel=None)
 
     bench = sub.add_parser("bench", help="boot-to-ready of the harness against the raw QEMU floor")

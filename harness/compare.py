@@ -71,13 +71,7 @@ class Comparison:
 
 
 def _rows(run: RunDir) -> dict[tuple[int, str], dict[str, Any]]:
-    specs = run.kernel_specs
-    rows = {}
-    for r in run.results:
-        index = specs.index(r["kernel_spec"]) if r["kernel_spec"] in specs else len(specs)
-        leaf = (r.get("artifacts") or r["scenario"]).rsplit("/", 1)[-1]
-        rows[(index, leaf)] = r
-    return rows
+    return {run.slot_of(r): r for r in run.results}
 
 
 def compare(a: RunDir, b: RunDir) -> Comparison:

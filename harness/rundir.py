@@ -47,6 +47,18 @@ class RunDir:
         """The run's kernels in config order."""
         return [str(k) for k in self.document["run"]["config"]["kernels"]]
 
+    def slot_of(self, row: dict[str, Any]) -> tuple[int, str]:
+        """A row's (kernel index in the config, scenario directory): the key rows are paired and
+        shards are cut by.  A kernel not in the config sorts last."""
+        specs = self.kernel_specs
+        index = specs.index(row["kernel_spec"]) if row["kernel_spec"] in specs else len(specs)
+        return index, (row.get("artifacts") or row["scenario"]).rsplit("/", 1)[-1]
+
+    def slot_durations(self) -> dict[tuple[int, str], float]:
+        """How long each slot took: what balances the shards of a later run (--durations)."""
+        return {self.slot_of(r): float(r["duration_s"]) for r in self.results
+                if isinstance(r.get("duration_s"), (int, float)) and not isinstance(r.get("duration_s"), bool)}
+
 
 def _read_json(path: Path) -> Any:
     try:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import re
 import secrets
+import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from harness import __version__
 from harness.artifacts.cache import cache_root
@@ -36,6 +40,7 @@ from harness.printable import printable
 from harness.report import write_reports
 from harness.scenarios import SCENARIOS, ScenarioContext
 from harness.scenarios.base import MARK_PREFIX
+from harness.shard import Shard, Slot, split
 from harness.vm.accel import AccelChoice, choose_accel, probe_host
 from harness.vm.console import LOG_LIMIT
 from harness.vm.machine import Machine
@@ -45,6 +50,24 @@ Log = Callable[[str], None]
 logger = logging.getLogger(__name__)
 # A guest that cannot run `true` in this long after its scenario ran out of time is hung.
 HANG_PROBE_S = 10.0
+
+
+def together(tasks: list[Callable[[], Any]], stops: list[Callable[[], None]], jobs: int) -> list[Any]:
+    """Run `tasks` in up to `jobs` threads, their results in order.  Whatever stops one (Ctrl-C in the
+    main thread, a full disk in a task) calls every `stops` and is raised once the tasks have unwound."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="kernel") as pool:
+        futures = [pool.submit(task) for task in tasks]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for stop in stops:
+                stop()
+            raise
+
+
+def default_jobs(kernels: int) -> int:
+    """One machine per kernel, no more than the host's CPUs (a TCG guest keeps one busy)."""
+    return max(1, min(kernels, os.cpu_count() or 1))
 
 
 def host_kernel_config(kernel: Kernel) -> Optional[KernelConfig]:
@@ -131,29 +154,53 @@ class Run:
     # How a spec becomes bootable and how a machine is made: seams for tests with fake machines.
     prepare_kernel: Callable[[KernelSpec, Path], Prepared] = prepare
     machine_factory: Callable[..., Machine] = Machine
+    # Kernels booted and run at once, each on its own machine (a kernel's scenarios stay on one
+    # boot, in order); results are the same, in the same order, as one at a time.
+    jobs: int = 1
+    # Only these slots of the run (a shard of it, harness/shard.py), or all of them.
+    shard: Optional[Shard] = None
+    durations: Optional[Mapping[Slot, float]] = None
 
     def __post_init__(self) -> None:
-        self.results: list[Result] = []
         self.consoles: dict[str, str] = {}    # artifacts -> the tail of the scenario's console slice
-        self.kernels: list[dict[str, Any]] = []
+        self.kernels: list[dict[str, Any]] = [{"spec": spec.text, "boots": 0} for spec in self.config.kernels]
+        self._rows: list[list[Result]] = [[] for _ in self.config.kernels]
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._machines: set[Machine] = set()
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        every = [(i, dirname) for i in range(len(self.config.kernels)) for _, dirname in scenario_slots(self.config)]
+        self._slots = set(split(every, self.shard, self.durations)) if self.shard else set(every)
+
+    @property
+    def results(self) -> list[Result]:
+        """Every row so far, kernel by kernel in config order, each kernel's in scenario order."""
+        with self._lock:
+            return [r for rows in self._rows for r in rows]
 
     def meta(self) -> dict[str, Any]:
-        return {"harness_version": __version__, "started": self.started, "host": platform.node(),
+        meta = {"harness_version": __version__, "started": self.started, "host": platform.node(),
                 "config": self.config.to_dict(), "seed": self.config.seed, "kernels": self.kernels,
                 "out_dir": str(self.out_dir)}
+        if self.shard:
+            meta["shard"] = self.shard.label
+        return meta
 
     def _write_reports(self) -> None:
-        try:
-            write_reports(self.out_dir, self.results, self.meta(), self.consoles)
-        except OSError as e:
-            raise OutputError(f"cannot write the results into {self.out_dir}: {e.strerror}; "
-                              f"the run stops") from None
+        with self._lock:
+            try:
+                write_reports(self.out_dir, self.results, self.meta(), self.consoles)
+            except OSError as e:
+                raise OutputError(f"cannot write the results into {self.out_dir}: {e.strerror}; "
+                                  f"the run stops") from None
 
-    def _record(self, result: Result) -> None:
+    def _record(self, index: int, result: Result) -> None:
+        if self._stopping.is_set():
+            return      # an interrupted run's last scenario was cut short by the stop, not the kernel
         result = result.printable()
-        self.results.append(result)
-        self._write_reports()
+        with self._lock:
+            self._rows[index].append(result)
+            self._write_reports()
         first = f"  {result.findings[0].splitlines()[0]}" if result.findings else ""
         self.log(f"{result.verdict.upper():5} {result.kernel} {result.scenario} "
                  f"({result.duration_s:.1f}s, {result.accel}){first}")
@@ -174,12 +221,30 @@ class Run:
         self.log(f"accel: {accel.accel} ({accel.reason})")
         self.log(f"run directory: {self.out_dir}")
         self._write_reports()
-        for spec in self.config.kernels:
-            self._run_kernel(spec, accel)
+        work = [(i, spec) for i, spec in enumerate(self.config.kernels)
+                if any(index == i for index, _ in self._slots)]
+        if self.jobs <= 1 or len(work) <= 1:
+            for i, spec in work:
+                self._run_kernel(i, spec, accel)
+        else:
+            self._run_parallel(work, accel)
         return self.results
 
-    def _error_rows(self, label: str, spec: KernelSpec, accel: str, slots: list[tuple[ScenarioConfig, str]],
-                    message: str) -> None:
+    def _run_parallel(self, work: list[tuple[int, KernelSpec]], accel: AccelChoice) -> None:
+        """Each kernel in a thread of its own."""
+        together([partial(self._run_kernel, i, spec, accel) for i, spec in work], [self.stop], self.jobs)
+
+    def stop(self) -> None:
+        """From another thread: no further scenario or boot, and the running QEMUs killed, so the
+        threads using them unwind at once and shut their machines down."""
+        self._stopping.set()
+        with self._lock:
+            machines = list(self._machines)
+        for machine in machines:
+            machine.kill()
+
+    def _error_rows(self, index: int, label: str, spec: KernelSpec, accel: str,
+                    slots: list[tuple[ScenarioConfig, str]], message: str) -> None:
         """Rows for scenarios that never ran; each gets its directory (with the error), so the repro
         hint printed for it names a path that exists."""
         for sc, dirname in slots:
@@ -189,19 +254,18 @@ class Run:
                 (sdir / "error.txt").write_text(printable(message) + "\n")
             except OSError as e:
                 raise OutputError(f"cannot write into {sdir}: {e.strerror}; the run stops") from None
-            self._record(Result(kernel=label, kernel_spec=spec.text, accel=accel, scenario=sc.name,
-                                verdict="error", findings=(message,), duration_s=0.0, seed=self.config.seed,
-                                artifacts=str(sdir.relative_to(self.out_dir))))
+            self._record(index, Result(kernel=label, kernel_spec=spec.text, accel=accel, scenario=sc.name,
+                                       verdict="error", findings=(message,), duration_s=0.0, seed=self.config.seed,
+                                       artifacts=str(sdir.relative_to(self.out_dir))))
 
-    def _run_kernel(self, spec: KernelSpec, accel: AccelChoice) -> None:
-        pending = scenario_slots(self.config)
-        info: dict[str, Any] = {"spec": spec.text, "boots": 0}
-        self.kernels.append(info)
+    def _run_kernel(self, index: int, spec: KernelSpec, accel: AccelChoice) -> None:
+        pending = [(sc, dirname) for sc, dirname in scenario_slots(self.config) if (index, dirname) in self._slots]
+        info = self.kernels[index]
         try:
             prepared = self.prepare_kernel(spec, cache_root())
         except HarnessError as e:
             self.log(f"kernel {spec.text}: {e}")
-            self._error_rows(spec.text, spec, accel.accel, pending, f"kernel {spec.text}: {e}")
+            self._error_rows(index, spec.text, spec, accel.accel, pending, f"kernel {spec.text}: {e}")
             return
         kernel, initramfs = prepared.kernel, prepared.initramfs
         info.update(release=kernel.release, image=str(kernel.image),
@@ -213,10 +277,12 @@ class Run:
         # One boot serves every scenario; a scenario that loses the machine (panic, hang, QEMU
         # gone, SSH gone) or leaves the kernel unreliable (an Oops, a lockup: harness.health) costs
         # its own row and a fresh boot for the ones after it.
-        while pending:
+        while pending and not self._stopping.is_set():
             machine = self.machine_factory(prepared.image, self.config.machine, accel, kdir, qemu=self.qemu,
                                            log=self.log)
             info["boots"] += 1
+            with self._lock:
+                self._machines.add(machine)
             try:
                 with machine:
                     info.update(accel=machine.accel_used, accel_reason=machine.accel_reason,
@@ -231,16 +297,16 @@ class Run:
                     info["kernel_config"] = kconfig.source if kconfig else "unknown (no .config, no /proc/config.gz)"
                     coverage_off = start_coverage(guest, kconfig)
                     info["callsite_coverage"] = coverage_off or "on"
-                    while pending:
+                    while pending and not self._stopping.is_set():
                         sc, dirname = pending.pop(0)
                         missing = kconfig.missing(SCENARIOS[sc.name].needs) if kconfig else []
                         if missing:
-                            self._record(self._skipped(sc, kernel, machine.accel_used, kdir / dirname,
-                                                       skip_reason(missing)))
+                            self._record(index, self._skipped(sc, kernel, machine.accel_used, kdir / dirname,
+                                                              skip_reason(missing)))
                             continue
                         result, after = self._run_scenario(sc, kernel, machine, guest, kdir / dirname, kconfig,
                                                            coverage=coverage_off is None)
-                        self._record(result)
+                        self._record(index, result)
                         # An unreliable kernel after the last scenario still serves `repro --shell`.
                         if after == "lost" or (after == "reboot" and pending):
                             machine.shutdown(soft=False)
@@ -252,8 +318,11 @@ class Run:
                 raise
             except HarnessError as e:
                 self.log(f"kernel {kernel.release}: {e}")
-                self._error_rows(kernel.release, spec, machine.accel_used, pending, str(e))
+                self._error_rows(index, kernel.release, spec, machine.accel_used, pending, str(e))
                 pending = []
+            finally:
+                with self._lock:
+                    self._machines.discard(machine)
             info["shutdown"] = machine.shutdown_how
         self._write_reports()
 
@@ -319,7 +388,7 @@ class Run:
         except Exception as e:     # noqa: BLE001 - a harness bug costs its row, not the run
             (sdir / "traceback.txt").write_text(traceback.format_exc())
             verdict = Verdict("error", (f"harness bug: {type(e).__name__}: {quote(e, 300)} "
-                                        f"(traceback in {sdir / 'traceback.txt'})",))
+                                        f"(traceback in {(sdir / 'traceback.txt').relative_to(self.out_dir)})",))
         if lost is not None and lost.kind == "panic":
             time.sleep(0.5)    # the panic's trace is still arriving on the console
         machine.check_output()
@@ -379,4 +448,4 @@ class Run:
         (sdir / "hang.txt").write_text(evidence + "\n")
         first = evidence.splitlines()[0] if evidence else ""
         return MachineLost("hang", f"{timeout}; then no answer over SSH within {HANG_PROBE_S:.0f} s "
-                                   f"({first}); registers and console tail in {sdir / 'hang.txt'}")
+                                   f"({first}); registers and console tail in {(sdir / 'hang.txt').relative_to(self.out_dir)}")

@@ -355,6 +355,13 @@ class Machine:
                 shutil.rmtree(self.private_dir, ignore_errors=True)
                 self.private_dir = None
 
+    def kill(self) -> None:
+        """SIGKILL QEMU, from another thread (a parallel run stopping): the thread using the machine then
+        finds it lost and unwinds through its own shutdown."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def _stop_process(self, soft: bool = False) -> None:
         """Powerdown (when `soft`), quit, SIGKILL, in that order; whatever interrupts the gentle steps
         (a second Ctrl-C, SIGTERM, SIGHUP) goes straight to the SIGKILL and is raised after it."""

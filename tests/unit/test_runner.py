@@ -4,6 +4,7 @@ the kernel's report leads; an unreliable kernel is rebooted; results stay saniti
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -159,3 +160,39 @@ def test_a_kernel_outside_the_verified_set_names_what_was_extrapolated(tmp_path,
     assert "arch_invalidate_secondary_tlbs instead of invalidate_range: assumed (from 6.6" in unverified
     assert "no change_pte (and no kvm_set_spte_hva): not assumed (from 6.10" in unverified
     assert "outside the versions" not in verified
+
+
+def _normalised(doc: dict) -> dict:
+    """A results document without what differs between two runs of the same thing (times, paths)."""
+    doc = json.loads(json.dumps(doc))
+    doc["run"].pop("started"), doc["run"].pop("out_dir")
+    for row in doc["results"]:
+        row.pop("duration_s")
+    for kernel in doc["run"]["kernels"]:
+        kernel.pop("boot_s", None), kernel.pop("qemu_argv", None), kernel.pop("console_log", None)
+    return doc
+
+
+def test_kernels_in_parallel_give_the_same_results_in_the_same_order(tmp_path, monkeypatch, scenarios):
+    import time
+
+    def slow(ctx):
+        time.sleep(0.05)
+        return PASS
+    scenarios["slow"] = Scripted("slow", slow)
+    names = ["ok", "oops", "slow", "bug", "ok"]
+    docs, junits = [], []
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        monkeypatch.setattr("harness.runner.cache_root", lambda: tmp_path / "cache")
+        config = Config(kernels=(parse_kernel_spec("debian:6.1"), parse_kernel_spec("debian:6.12")),
+                        machine=MachineConfig(accel="tcg"),
+                        scenarios=tuple(ScenarioConfig(n, timeout_s=30) for n in names))
+        Run(config=config, out_dir=out, log=lambda line: None, prepare_kernel=fake_prepare,
+            machine_factory=FakeMachine, jobs=jobs).execute()
+        docs.append(_normalised(json.loads((out / "results.json").read_text())))
+        junits.append(re.sub(r'time="[0-9.]+"', "", (out / "junit.xml").read_text()))
+    assert docs[0] == docs[1] and junits[0] == junits[1]
+    assert [(r["kernel"][:4], r["scenario"]) for r in docs[1]["results"]][:3] == [("6.1.", "ok"), ("6.1.", "oops"),
+                                                                                   ("6.1.", "slow")]
+    assert [k["boots"] for k in docs[1]["run"]["kernels"]] == [2, 2]
