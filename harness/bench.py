@@ -10,6 +10,7 @@ by side.  Nothing here asserts a target; it reports.
 from __future__ import annotations
 
 import json
+from functools import partial
 import resource
 import statistics
 import subprocess
@@ -69,16 +70,18 @@ def probe_overhead(guest: Guest, repeats: int) -> tuple[list[int], list[int]]:
     return bare, probed
 
 
-def dirty_log_rates(config: Config, repeats: int, out: Path) -> dict[str, dict[str, list[float]]]:
-    """The config's dirty-log scenario `repeats` times on each kernel, in one boot per kernel (the
-    scenario makes a fresh VM per example; a boot adds nothing to the figure): operations checked
-    per second and examples per minute, from each run's exploration.json.  Runs that did not pass
-    are left out and counted in `not_passed` (by index)."""
-    scenarios = [s for s in config.scenarios if s.name == "dirty-log"][:1]
+def dirty_log_rates(config: Config, repeats: int, out: Path,
+                    name: str = "dirty-log") -> dict[str, dict[str, list[float]]]:
+    """The config's dirty-log scenario (or another that writes exploration.json: memslot) `repeats`
+    times on each kernel, in one boot per kernel (the scenario makes a fresh VM per example; a boot
+    adds nothing to the figure): operations checked per second and examples per minute, from each
+    run's exploration.json.  Runs that did not pass are left out and counted in `not_passed` (by
+    index)."""
+    scenarios = [s for s in config.scenarios if s.name == name][:1]
     rates: dict[str, dict[str, list[float]]] = {}
     if not scenarios:
         return rates
-    run_dir = out / "dirty-log"
+    run_dir = out / name
     for r in Run(config=replace(config, scenarios=tuple(scenarios * repeats)), out_dir=run_dir,
                  log=lambda _m: None).execute():
         figures = rates.setdefault(r.kernel, {"ops_per_s": [], "examples_per_min": [], "not_passed": []})
@@ -110,6 +113,37 @@ def flood_peak_rss_mib(prepared: Prepared, config: Config, accel: AccelChoice, o
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.monotonic() - start
 
 
+# Where a boot's time goes, from init's `NH-INIT: at STEP UPTIME` lines (guest/init/rcS) and the
+# host's clock.
+BOOT_STEPS = {
+    "firmware": "QEMU start to kernel start (firmware, loading, decompression)",
+    "init": "kernel start to init",
+    "modules": "init to boot modules loaded",
+    "network": "modules to network up",
+    "sshd": "network to sshd started",
+    "ssh": "ready marker to SSH command answered",
+}
+
+
+def _prefixed(log: Callable[[str], None], prefix: str, line: str) -> None:
+    log(prefix + line)
+
+
+def boot_steps(uptimes: dict[str, float], ready_s: float, boot_s: float) -> dict[str, float]:
+    """One boot's steps in seconds: the guest's uptimes at init's steps, and the host's clock around
+    them (the ready marker comes right after sshd started)."""
+    steps: dict[str, float] = {}
+    before = 0.0
+    for name in ("init", "modules", "network", "sshd"):
+        if name in uptimes:
+            steps[name] = uptimes[name] - before
+            before = uptimes[name]
+    if "sshd" in uptimes:
+        steps["firmware"] = max(ready_s - uptimes["sshd"], 0.0)
+    steps["ssh"] = boot_s - ready_s
+    return steps
+
+
 def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     cache = cache_root()
     accel = choose_accel(config.machine.accel, probe_host())
@@ -130,24 +164,37 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
                             accel=accel.accel, cpus=config.machine.cpus, memory_mib=config.machine.memory_mib,
                             qmp_socket=Path(tmp) / "qmp.sock", ssh_port=free_port(), ssh_pubkey=pub,
                             extra_cmdline=config.machine.cmdline)
+            log(f"bench: {kernel.release}: {repeats} raw QEMU floor boots")
             floors = [_floor_once(plan, config.machine.boot_timeout_s) for _ in range(repeats)]
-        boots = []
+        log(f"bench: {kernel.release}: {repeats} harness boots")
+        boots, steps = [], []
         for i in range(repeats):
             with Machine(prepared.image, config.machine, accel, out / kernel.release / f"boot{i}", log=log) as m:
                 boots.append(m.boot_s)
+                assert m.console is not None
+                steps.append(boot_steps(m.console.boot_steps, m.ready_s, m.boot_s))
         floor, boot = statistics.median(floors), statistics.median(boots)
+        log(f"bench: {kernel.release}: probe overhead")
         with Machine(prepared.image, config.machine, accel, out / kernel.release / "overhead", log=log) as m:
             bare, probed = probe_overhead(Guest(ssh=m.ssh, release=kernel.release, accel=m.accel_used), repeats)
         figures[kernel.release] = {"floor_s": floors, "harness_boot_s": boots, "floor_median_s": floor,
+                                   "boot_steps": {name: statistics.median(s[name] for s in steps) for name in BOOT_STEPS
+                                                  if all(name in s for s in steps)},
                                    "harness_median_s": boot, "ratio": boot / floor,
                                    "loop_ns_bare": bare, "loop_ns_probed": probed,
                                    "probe_overhead": statistics.median(probed) / statistics.median(bare)}
+    log("bench: dirty-log rates")
     rates = dirty_log_rates(config, repeats, out)
-    # One whole run of the config's scenarios: the suite's wall time.
-    start = time.monotonic()
-    suite = Run(config=config, out_dir=out / "suite", log=lambda _m: None)
-    results = suite.execute()
-    suite_s = time.monotonic() - start
+    # Seeded, so one run per kernel measures the same requests as five would.
+    memslot = dirty_log_rates(config, 1, out, "memslot")
+    # The config's whole suite, one kernel at a time and two at once: its wall time each way.
+    suite_s: dict[int, float] = {}
+    for jobs in (1, 2):
+        log(f"bench: the whole suite, --jobs {jobs}")
+        start = time.monotonic()
+        results = Run(config=config, out_dir=out / f"suite-jobs{jobs}", jobs=jobs,
+                      log=partial(_prefixed, log, f"  [jobs {jobs}] ")).execute()
+        suite_s[jobs] = time.monotonic() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     releases = list(figures)
@@ -156,6 +203,9 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
             ("raw QEMU floor, median s", *(f"{figures[r]['floor_median_s']:.2f}" for r in releases)),
             ("harness boot-to-SSH, median s", *(f"{figures[r]['harness_median_s']:.2f}" for r in releases)),
             ("ratio harness/floor", *(f"{figures[r]['ratio']:.2f}" for r in releases)),
+            *((f"  {BOOT_STEPS[name]}, median s",
+               *(f"{figures[r]['boot_steps'][name]:.2f}" if name in figures[r]['boot_steps'] else "-" for r in releases))
+              for name in BOOT_STEPS),
             ("munmap/fault loop, bare, us/iter", *(f"{statistics.median(figures[r]['loop_ns_bare']) / LOOP / 1e3:.1f}"
                                                    for r in releases)),
             ("same loop, probe attached, us/iter",
@@ -167,16 +217,21 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
             return f"{statistics.median(values):.0f}" if values else "-"
         rows += [("dirty-log operations/s, median", *(median_of(r, "ops_per_s") for r in releases)),
                  ("dirty-log examples/min, median", *(median_of(r, "examples_per_min") for r in releases))]
+    if memslot:
+        checked = {r: memslot.get(r, {}).get("ops_per_s", []) for r in releases}
+        rows += [("memslot operations checked/s", *(f"{checked[r][0]:.0f}" if checked[r] else "-" for r in releases))]
     log("")
     for row in rows:
         log(f"{row[0]:32}" + "".join(f"{cell:>{width + 2}}" for cell in row[1:]))
     verdicts = ", ".join(f"{r.kernel}/{r.scenario}={r.verdict}" for r in results)
-    log(f"suite ({len(results)} scenario runs incl. boots): {suite_s:.1f} s wall [{verdicts}]")
+    log(f"suite ({len(results)} scenario runs incl. boots): {suite_s[1]:.1f} s wall with --jobs 1, "
+        f"{suite_s[2]:.1f} s with --jobs 2 ({suite_s[1] / suite_s[2]:.2f}x) [{verdicts}]")
     log(f"harness process peak RSS: {rss_mib:.0f} MiB")
     log(f"harness peak RSS under a {FLOOD_MIB} MiB console flood and a {FLOOD_MIB} MiB command output: "
         f"{flood_rss:.0f} MiB ({flood_s:.0f} s)")
     (out / "bench.json").write_text(json.dumps({"accel": accel.accel, "repeats": repeats, "kernels": figures,
-                                                "dirty_log": rates, "suite_s": suite_s, "peak_rss_mib": rss_mib,
+                                                "dirty_log": rates, "memslot": memslot, "suite_s": {f"jobs{j}": s for j, s in suite_s.items()},
+                                                "peak_rss_mib": rss_mib,
                                                 "flood_peak_rss_mib": flood_rss, "flood_s": flood_s}, indent=2) + "\n")
     log(f"bench: {out / 'bench.json'}")
     return 0

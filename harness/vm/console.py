@@ -37,6 +37,8 @@ _PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*")
 _READY = re.compile(re.escape(READY_MARKER.encode()) + rb"[^\r\n]*")
 # The guest's init prints these for each bring-up step that failed.
 _INIT_FAILED = re.compile(rb"NH-INIT: FAILED: [^\r\n]*")
+# ... and these as each step ends, with the kernel's uptime: where the boot's time goes.
+_INIT_AT = re.compile(rb"NH-INIT: at (\w{1,16}) (\d{1,6}\.\d{1,3})")
 
 
 class _BoundedSpawn(pexpect.fdpexpect.fdspawn):  # type: ignore[type-arg]
@@ -122,6 +124,7 @@ class Console:
         self.panic_line = ""
         self.panicked = threading.Event()
         self.init_failures: list[str] = []
+        self.boot_steps: dict[str, float] = {}   # init's step -> the kernel's uptime when it ended
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="console", daemon=True)
         self._thread.start()
@@ -145,7 +148,8 @@ class Console:
 
     def _drain(self) -> None:
         patterns: list[Union[re.Pattern[str], re.Pattern[bytes], str, bytes, type[pexpect.EOF],
-                             type[pexpect.TIMEOUT]]] = [_READY, _PANIC, _INIT_FAILED, pexpect.EOF, pexpect.TIMEOUT]
+                             type[pexpect.TIMEOUT]]] = [_READY, _PANIC, _INIT_FAILED, _INIT_AT, pexpect.EOF,
+                                                        pexpect.TIMEOUT]
         try:
             while True:
                 try:
@@ -161,6 +165,10 @@ class Console:
                 elif i == 2:
                     self.init_failures.append(self._matched())
                 elif i == 3:
+                    step, _, uptime = self._matched().removeprefix("NH-INIT: at ").partition(" ")
+                    if len(self.boot_steps) < 16:
+                        self.boot_steps[step] = float(uptime)
+                elif i == 4:
                     break
                 else:
                     # Unmatched text accumulates in pexpect's buffer; the tee

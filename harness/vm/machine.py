@@ -94,6 +94,7 @@ class Machine:
         self.ssh_port = 0
         self.argv: list[str] = []
         self.boot_s = 0.0
+        self.ready_s = 0.0      # from QEMU's start to init's ready marker on the console
         self.accel_used = accel.accel
         self.accel_reason = accel.reason
         self.shutdown_how = ""
@@ -148,6 +149,7 @@ class Machine:
                                   f"({self.console.bytes_seen} console bytes); console tail:\n"
                                   f"{self.console.tail()}")
             self.console.wait(self.console.ready, 0.1)
+        self.ready_s = time.monotonic() - start
         try:
             self._ssh = SshSession.connect(self.ssh_port, self._key, self.image.host_key,
                                            timeout=max(5.0, deadline - time.monotonic()),

@@ -45,3 +45,18 @@ def test_a_full_disk_is_recorded_and_the_guest_still_drained():
     assert console.wait(console.ready, 10)
     assert "No space left on device" in console.write_error and "/dev/full" in console.write_error
     console.close()
+
+
+def test_init_steps_are_read_and_a_boot_is_broken_down(tmp_path: Path):
+    from harness.bench import boot_steps
+    lines = b"NH-INIT: at init 1.250\nNH-INIT: at modules 1.500\r\nNH-INIT: at network 1.600\n" \
+            b"NH-INIT: at sshd 1.700\n" + f"{READY_MARKER} 6.1\n".encode()
+    stream, thread = _feed([lines])
+    console = Console(stream, tmp_path / "console.log")
+    thread.join(10)
+    assert console.wait(console.ready, 10)
+    console.close()
+    assert console.boot_steps == {"init": 1.25, "modules": 1.5, "network": 1.6, "sshd": 1.7}
+    steps = boot_steps(console.boot_steps, ready_s=2.5, boot_s=2.9)
+    assert {k: round(v, 3) for k, v in steps.items()} == {"init": 1.25, "modules": 0.25, "network": 0.1,
+                                                          "sshd": 0.1, "firmware": 0.8, "ssh": 0.4}
