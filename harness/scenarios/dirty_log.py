@@ -12,12 +12,13 @@ with the seed and the exact requests minivmm was sent.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Optional
+from typing import Any, Callable, ClassVar, Optional
 
-from hypothesis import HealthCheck, seed, settings
+from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
 from hypothesis.reporting import with_reporter
 from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
@@ -38,6 +39,18 @@ SLOT_PAGES = (64, 259, 512, 1000)
 SLOT_IDS = (1, 0, 7, 32764, (1 << 16) | 1, (2 << 16) | 1)
 # Capability values: disable, enable, enable + INITIALLY_SET, and invalid ones.
 CAP_VALUES = (0, 1, 3, 2, 4, 5, 7)
+
+
+# Shrinking a failure stops after this long, or when the scenario's time limit comes this close: the
+# shortest failing sequence found by then is the repro (a verdict lost to the time limit is worse).
+SHRINK_S = 120.0
+SHRINK_RESERVE_S = 45.0
+
+
+class _ShrinkStop(AssertionError):
+    """Shrinking ran out of time.  Every example from then on fails at once, without a request, so
+    hypothesis's shrinker runs out of candidates in no time and its final replay fails the same way;
+    the repro is the shortest failing example seen before (Session.shortest)."""
 
 
 class _Abort(BaseException):
@@ -82,12 +95,49 @@ class Session:
     ops: int = 0
     examples: int = 0
     requests: list[str] = field(default_factory=list)   # the current example's requests, in order
+    started: float = field(default_factory=time.monotonic)
+    # When the first example failed (seconds from the start) and which it was: the time to find a bug,
+    # apart from the time to shrink it.
+    first_failure_s: Optional[float] = None
+    first_failure_example: int = 0
+    shrink_until: float = 0.0
+    # The shortest failing example so far (what failed, its requests): the repro if shrinking is cut.
+    shortest: Optional[tuple[str, list[str]]] = None
+    shrink_stopped: bool = False
+
+    def failed(self, what: str) -> None:
+        now = time.monotonic()
+        if self.first_failure_s is None:
+            self.first_failure_s = now - self.started
+            self.first_failure_example = self.examples
+            deadline = self.vmm.guest.deadline
+            self.shrink_until = min(now + SHRINK_S, deadline - SHRINK_RESERVE_S if deadline else now + SHRINK_S)
+        if self.shortest is None or len(self.requests) < len(self.shortest[1]):
+            self.shortest = (what, list(self.requests))
+
+    def out_of_shrinking_time(self) -> bool:
+        return self.first_failure_s is not None and time.monotonic() > self.shrink_until
+
+
+def watched(method: Callable[..., None]) -> Callable[..., None]:
+    """A rule whose failed check is noted in the session (hypothesis catches it to shrink)."""
+    @functools.wraps(method)
+    def run(self: "DirtyLogMachine", *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except AssertionError as e:
+            self.session.failed(str(e))
+            raise
+    return run
 
 
 class DirtyLogMachine(RuleBasedStateMachine):
     session: ClassVar[Session]
 
     def __init__(self) -> None:
+        if self.session.out_of_shrinking_time():
+            self.session.shrink_stopped = True
+            raise _ShrinkStop("shrinking ran out of time")
         super().__init__()
         self.model: Optional[DirtyLogModel] = None
         self.last_get = 0
@@ -125,6 +175,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
 
     @initialize(npages=st.sampled_from(SLOT_PAGES), cap=st.sampled_from((None, 1, 3)),
                 logging=st.booleans(), thp=st.sampled_from(("never", "default")))
+    @watched
     def create(self, npages: int, cap: Optional[int], logging: bool, thp: str) -> None:
         args: dict[str, Any] = {"pages": npages, "flags": int(logging), "thp": thp}
         if cap is not None:
@@ -133,6 +184,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         assert answer.pages == npages
         self.model = DirtyLogModel.created(npages, int(logging), cap)
 
+    @watched
     def teardown(self) -> None:
         """The L2 reads back every page the example wrote (and a few it did not), then the VM goes."""
         if self.model is None:
@@ -148,6 +200,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
     # --- the L2 ---------------------------------------------------------------
 
     @rule(data=st.data(), value=st.integers(1, 0xFFFFFFFF), index=st.booleans())
+    @watched
     def write(self, data: st.DataObject, value: int, index: bool) -> None:
         assert self.model
         pages = self.pages(data, "pages written")
@@ -155,6 +208,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         self.model.write(pages, value, index)
 
     @rule(data=st.data())
+    @watched
     def read(self, data: st.DataObject) -> None:
         assert self.model
         pages = self.pages(data, "pages read")
@@ -163,6 +217,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         assert problem is None, problem
 
     @rule(data=st.data())
+    @watched
     def dontneed(self, data: st.DataObject) -> None:
         assert self.model
         first = data.draw(st.integers(0, self.model.npages - 1), label="first page")
@@ -174,6 +229,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
     # --- the dirty log --------------------------------------------------------
 
     @rule(value=st.sampled_from(CAP_VALUES), flags=st.sampled_from((0, 1)))
+    @watched
     def enable_cap(self, value: int, flags: int) -> None:
         assert self.model
         answer = self.call("cap", value=value, flags=flags)
@@ -181,6 +237,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
                          answer, self.model.enable_cap(value, flags))
 
     @rule()
+    @watched
     def toggle_logging(self) -> None:
         assert self.model
         flags = self.model.flags ^ 1
@@ -189,6 +246,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         self.model.set_flags(flags)
 
     @rule(slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
+    @watched
     def get(self, slot: int) -> None:
         assert self.model
         answer = self.call("get", slot=slot)
@@ -205,6 +263,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
         self.last_get = bitmap
 
     @rule()
+    @watched
     def get_then_clear_all(self) -> None:
         """The clear-log loop of the kernel's dirty_log_test: GET, then CLEAR the whole slot with
         the bitmap GET returned."""
@@ -215,6 +274,7 @@ class DirtyLogMachine(RuleBasedStateMachine):
             self._clear(1, 0, n, self.last_get, bitmap_bytes(n) * 8)
 
     @rule(data=st.data(), slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
+    @watched
     def clear(self, data: st.DataObject, slot: int) -> None:
         assert self.model
         n = self.model.npages
@@ -246,6 +306,8 @@ class Exploration:
     ops: int
     seconds: float
     failure: Optional[str]           # the property that failed, on the minimal sequence
+    first_failure_s: Optional[float]  # when the first failing example failed (the rest is shrinking)
+    first_failure_example: int
     report: str                      # hypothesis's account of the minimal sequence
     requests: tuple[str, ...]        # the minimal sequence as sent to minivmm
 
@@ -261,14 +323,30 @@ def explore(vmm: Vmm, run_seed: int, examples: int, steps: int) -> Exploration:
             run_state_machine_as_test(machine, settings=settings(
                 max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
                 suppress_health_check=list(HealthCheck), print_blob=False,
-                report_multiple_bugs=False))
+                report_multiple_bugs=False,
+                # No explain phase: it replays hundreds of variants of the minimal example on the VM
+                # after shrinking, to annotate it, and the minimal sequence is already the repro.
+                phases=[p for p in Phase if p is not Phase.explain]))
     except _Abort as abort:
         raise abort.error from None
-    except AssertionError as e:
-        failure = str(e)
-        lines += getattr(e, "__notes__", [])   # hypothesis attaches the falsifying steps as notes
+    except Exception as e:
+        if session.shrink_stopped and session.shortest is not None:
+            # The stop, as hypothesis reports it: _ShrinkStop itself, or its account of a failure that
+            # did not repeat (the stop) when it replayed the shortest example.
+            failure, session.requests = session.shortest
+            lines = [f"shrinking stopped after {time.monotonic() - start - (session.first_failure_s or 0):.0f} s "
+                     f"(it may take {SHRINK_S:.0f} s, and must end {SHRINK_RESERVE_S:.0f} s before the "
+                     f"scenario's time limit): the shortest failing sequence found, {len(session.requests)} "
+                     f"requests"]
+        elif isinstance(e, AssertionError):
+            failure = str(e)
+            lines += getattr(e, "__notes__", [])   # hypothesis attaches the falsifying steps as notes
+        else:
+            raise
     return Exploration(examples=session.examples, ops=session.ops, seconds=time.monotonic() - start,
-                       failure=failure, report="\n".join(lines), requests=tuple(session.requests))
+                       failure=failure, first_failure_s=session.first_failure_s if failure else None,
+                       first_failure_example=session.first_failure_example if failure else 0,
+                       report="\n".join(lines), requests=tuple(session.requests))
 
 
 class DirtyLog(NeedsKvm):
@@ -288,11 +366,19 @@ class DirtyLog(NeedsKvm):
         (ctx.out_dir / "exploration.json").write_text(json.dumps({
             "seed": ctx.seed, "examples": result.examples, "operations": result.ops,
             "seconds": round(result.seconds, 3), "vmm_corrupt": cfg.vmm_corrupt, "failure": result.failure,
+            "first_failure_s": round(result.first_failure_s, 3) if result.first_failure_s is not None else None,
+            "first_failure_example": result.first_failure_example,
+            "shrink_s": (round(result.seconds - result.first_failure_s, 3)
+                         if result.first_failure_s is not None else None),
             "minimal_requests": list(result.requests) if result.failure else []}, indent=1) + "\n")
         if result.failure is None:
             return Verdict("pass", (), (rate,))
         sequence = "\n".join(f"    {r}" for r in result.requests)
         (ctx.out_dir / "minimal-sequence.txt").write_text(result.report + "\n")
+        found = (f"first failing example (#{result.first_failure_example}) after {result.first_failure_s:.1f} s, "
+                 f"shrunk in {result.seconds - result.first_failure_s:.1f} s"
+                 if result.first_failure_s is not None else "")
         return Verdict("fail", (f"{result.failure}\n  minimal sequence ({len(result.requests)} requests to "
                                 f"minivmm, seed {ctx.seed}):\n{sequence}\n  as hypothesis shrank it:\n"
-                                + "\n".join(f"    {line}" for line in result.report.splitlines()),), (rate,))
+                                + "\n".join(f"    {line}" for line in result.report.splitlines()),),
+                       (rate, found) if found else (rate,))

@@ -143,12 +143,14 @@ def _validate(tmp_path, monkeypatch, capsys, baseline_run: Path, patched_run: Pa
     """`validate` with its two runs replaced by recorded ones (the kernels are not booted here)."""
     recorded = {"baseline": baseline_run, "patched": patched_run}
 
-    def execute(config, out, on_done=None):
-        assert [k.text for k in config.kernels] == [{"baseline": "debian:6.1", "patched": "tree:/src/patched"}[out.name]]
+    def finish(run):
+        out = run.out_dir
+        assert [k.text for k in run.config.kernels] == [{"baseline": "debian:6.1",
+                                                        "patched": "tree:/src/patched"}[out.name]]
         shutil.copytree(recorded[out.name], out)
         statuses = {r["verdict"] for r in json.loads((out / "results.json").read_text())["results"]}
         return 2 if "error" in statuses or not statuses else 1 if "fail" in statuses else 0
-    monkeypatch.setattr("harness.cli._execute", execute)
+    monkeypatch.setattr("harness.cli._finish", finish)
     code = main(["validate", "--baseline", "debian:6.1", "--kernel", "tree:/src/patched",
                  "--out", str(tmp_path / "v")])
     return code, capsys.readouterr().out
