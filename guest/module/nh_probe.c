@@ -248,34 +248,40 @@ static void nh_release(struct mmu_notifier *sub, struct mm_struct *mm)
 	nh_record_cb(sub, NH_CB_RELEASE, NH_EV_UNSET, 0, 0, 0, 0);
 }
 
+#ifdef NH_HAVE_INVALIDATE_RANGE
+#define NH_OP_INVALIDATE_RANGE .invalidate_range = nh_invalidate_range,
+#else
+#define NH_OP_INVALIDATE_RANGE
+#endif
+#ifdef NH_HAVE_CHANGE_PTE
+#define NH_OP_CHANGE_PTE .change_pte = nh_change_pte,
+#else
+#define NH_OP_CHANGE_PTE
+#endif
+
+/*
+ * The callbacks every ops table of this module records the same way; the
+ * tables differ only in start/end and get/put, so every subscriber sees the
+ * same set of callbacks.
+ */
+#define NH_RECORDING_OPS					\
+	NH_OP_INVALIDATE_RANGE					\
+	NH_OP_CHANGE_PTE					\
+	.clear_flush_young = nh_clear_flush_young,		\
+	.clear_young = nh_clear_young,				\
+	.test_young = nh_test_young,				\
+	.release = nh_release
+
 static const struct mmu_notifier_ops nh_ops = {
 	.invalidate_range_start = nh_invalidate_range_start,
 	.invalidate_range_end = nh_invalidate_range_end,
-#ifdef NH_HAVE_INVALIDATE_RANGE
-	.invalidate_range = nh_invalidate_range,
-#endif
-#ifdef NH_HAVE_CHANGE_PTE
-	.change_pte = nh_change_pte,
-#endif
-	.clear_flush_young = nh_clear_flush_young,
-	.clear_young = nh_clear_young,
-	.test_young = nh_test_young,
-	.release = nh_release,
+	NH_RECORDING_OPS,
 };
 
 /* No invalidate_range_end: the core WARNs when a failing notifier has one. */
 static const struct mmu_notifier_ops nh_failing_ops = {
 	.invalidate_range_start = nh_failing_range_start,
-#ifdef NH_HAVE_INVALIDATE_RANGE
-	.invalidate_range = nh_invalidate_range,
-#endif
-#ifdef NH_HAVE_CHANGE_PTE
-	.change_pte = nh_change_pte,
-#endif
-	.clear_flush_young = nh_clear_flush_young,
-	.clear_young = nh_clear_young,
-	.test_young = nh_test_young,
-	.release = nh_release,
+	NH_RECORDING_OPS,
 };
 
 /*
@@ -314,16 +320,7 @@ static void nh_gp_free_notifier(struct mmu_notifier *sub)
 static const struct mmu_notifier_ops nh_gp_ops = {
 	.invalidate_range_start = nh_invalidate_range_start,
 	.invalidate_range_end = nh_invalidate_range_end,
-#ifdef NH_HAVE_INVALIDATE_RANGE
-	.invalidate_range = nh_invalidate_range,
-#endif
-#ifdef NH_HAVE_CHANGE_PTE
-	.change_pte = nh_change_pte,
-#endif
-	.clear_flush_young = nh_clear_flush_young,
-	.clear_young = nh_clear_young,
-	.test_young = nh_test_young,
-	.release = nh_release,
+	NH_RECORDING_OPS,
 	.alloc_notifier = nh_gp_alloc_notifier,
 	.free_notifier = nh_gp_free_notifier,
 };
@@ -488,6 +485,16 @@ static bool nh_gp_all_freed(void)
 	return true;
 }
 
+/* Drop get_task_mm's reference if ATTACH kept it; when it is the last user, exit_mmap runs here. */
+static bool nh_unhold(void)
+{
+	if (!st.held)
+		return false;
+	st.held = false;
+	mmput(st.mm);
+	return true;
+}
+
 static long nh_getput(struct nh_getput __user *uarg)
 {
 	struct nh_getput req;
@@ -514,11 +521,7 @@ static long nh_getput(struct nh_getput __user *uarg)
 		ret = 0;
 		break;
 	case NH_GP_UNHOLD:
-		ret = st.held ? 0 : -ENOENT;
-		if (st.held) {
-			st.held = false;
-			mmput(st.mm);	/* exit_mmap runs here when the task has gone */
-		}
+		ret = nh_unhold() ? 0 : -ENOENT;
 		break;
 	case NH_GP_OVERPUT:
 		ret = nh_gp_overput(&touched);
@@ -542,14 +545,8 @@ static void nh_detach(void)
 
 	if (!mm)
 		return;
-	/*
-	 * Drop the hold first: when it is the last user, exit_mmap runs here and
-	 * the notifiers see release as a real exit would show it.
-	 */
-	if (st.held) {
-		st.held = false;
-		mmput(mm);
-	}
+	/* The hold first: the notifiers see exit_mmap's release as a real exit would show it. */
+	nh_unhold();
 	nh_gp_end();
 	if (st.isub_inserted) {
 		mmu_interval_notifier_remove(&st.isub);

@@ -59,9 +59,33 @@
 
 #include "mmops.h"
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
 struct mapping maps[MAX_MAPS];
 int nmaps;
 char scratch[1 << 18];	/* static: reading /proc must not malloc (heap changes are mm events) */
+
+extern char __bss_start[], _end[];
+
+/*
+ * mmops's zero-initialised data (every family's static buffers too: operations must not malloc),
+ * faulted in writable before main.  A page of .bss that is first read maps the shared zero page,
+ * and the first write to it then copies it (do_wp_page -> wp_page_copy: a 4 KiB CLEAR window);
+ * which variables share a page depends on the link, so such a COW could fall inside any
+ * operation's window, e.g. map's first read of nmaps followed by its write to maps[].
+ * MADV_POPULATE_WRITE (5.14+) faults every page in writable at once.  Touching each page from
+ * user space would not do: a read-modify-write of a missing page can fault as a read first under
+ * TCG, which maps the zero page again.  A kernel without it leaves the pages to their first access.
+ */
+static void __attribute__((constructor)) prefault_bss(void)
+{
+	uintptr_t start = (uintptr_t)__bss_start & ~(PAGE - 1);
+	uintptr_t end = ((uintptr_t)_end + PAGE - 1) & ~(PAGE - 1);
+
+	madvise((void *)start, end - start, MADV_POPULATE_WRITE);
+}
 
 uint64_t now_ns(void)
 {
@@ -102,6 +126,34 @@ struct mapping *find(const char *op, const char *name)
 	return NULL;
 }
 
+struct mapping *range_of(char **f, int n, uintptr_t *start, size_t *len)
+{
+	struct mapping *m;
+
+	if (n < 4)
+		fail(f[0], "usage OP:NAME:OFF:LEN", 0);
+	m = find(f[0], f[1]);
+	*start = m->start + parse_size(f[0], f[2]);
+	*len = parse_size(f[0], f[3]);
+	return m;
+}
+
+struct mapping *new_mapping(const char *op, const char *name, size_t size)
+{
+	struct mapping *m;
+
+	if (nmaps == MAX_MAPS)
+		fail(op, "too many mappings", 0);
+	m = &maps[nmaps];
+	snprintf(m->name, sizeof(m->name), "%s", name);
+	m->size = size;
+	m->start = REGION_BASE + (uintptr_t)nmaps * REGION_STEP;
+	m->shadow = calloc(size / PAGE ? size / PAGE : 1, 1);
+	if (!m->shadow)
+		fail(op, "calloc", errno);
+	return m;
+}
+
 ssize_t read_file(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -116,6 +168,13 @@ ssize_t read_file(const char *path)
 	return total;
 }
 
+char *next_line(const char *p)
+{
+	const char *nl = strchr(p, '\n');
+
+	return nl ? (char *)nl + 1 : NULL;
+}
+
 /* A smaps field (kB, e.g. "AnonHugePages:") summed over the VMAs inside [start, end), or -1. */
 long smaps_kb(const char *field, uintptr_t start, uintptr_t end)
 {
@@ -125,7 +184,7 @@ long smaps_kb(const char *field, uintptr_t start, uintptr_t end)
 
 	if (read_file("/proc/self/smaps") < 0)
 		return -1;
-	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+	for (char *p = scratch; p && *p; p = next_line(p)) {
 		unsigned long s, e;
 
 		if (sscanf(p, "%lx-%lx ", &s, &e) == 2)	/* a VMA's header line */
@@ -166,6 +225,19 @@ void print_private_vmas(void)
 	printf("]");
 }
 
+/* The pagemap entries of PAGES pages from START into OUT. */
+void read_pagemap(const char *op, uintptr_t start, size_t pages, uint64_t *out)
+{
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ssize_t want = pages * sizeof(uint64_t);
+
+	if (fd < 0)
+		fail(op, "open /proc/self/pagemap", errno);
+	if (pread(fd, out, want, start / PAGE * sizeof(uint64_t)) != want)
+		fail(op, "read /proc/self/pagemap", errno);
+	close(fd);
+}
+
 void touch(uintptr_t start, size_t len)
 {
 	for (uintptr_t a = start; a < start + len; a += PAGE)
@@ -178,26 +250,31 @@ void fill_pages(struct mapping *m, uintptr_t start, size_t len, int val)
 	memset(m->shadow + (start - m->start) / PAGE, val, len / PAGE);
 }
 
-/*
- * Pages whose bytes differ from the shadow: 0 means only touched (a 1, then
- * zeros), anything else that every byte holds that value.  Assumes the whole
- * mapping is still mapped and nothing was discarded.
- */
+int page_is(uintptr_t addr, int first, int rest)
+{
+	const unsigned char *p = (const unsigned char *)addr;
+
+	if (p[0] != first)
+		return 0;
+	for (size_t j = 1; j < PAGE; j++)
+		if (p[j] != rest)
+			return 0;
+	return 1;
+}
+
+int page_holds(uintptr_t addr, int val)
+{
+	return val ? page_is(addr, val, val) : page_is(addr, 1, 0);
+}
+
+/* Pages whose bytes differ from the shadow.  Assumes the whole mapping is still mapped and
+ * nothing was discarded. */
 long bad_pages(struct mapping *m)
 {
 	long bad = 0;
 
-	for (size_t i = 0; i < m->size / PAGE; i++) {
-		const unsigned char *p = (const unsigned char *)(m->start + i * PAGE);
-		unsigned char v = m->shadow[i];
-
-		for (size_t j = 0; j < PAGE; j++) {
-			if (p[j] != (v ? v : (j == 0))) {
-				bad++;
-				break;
-			}
-		}
-	}
+	for (size_t i = 0; i < m->size / PAGE; i++)
+		bad += !page_holds(m->start + i * PAGE, m->shadow[i]);
 	return bad;
 }
 
@@ -230,16 +307,14 @@ static void op_map(char **f, int n)
 {
 	struct mapping *m;
 	int thp = n > 3 && !strcmp(f[3], "thp");
-	uint64_t t0 = now_ns(), t1;
+	uint64_t t0, t1;
 	void *p;
 	long huge;
 
-	if (n < 3 || nmaps == MAX_MAPS)
+	if (n < 3)
 		fail("map", "usage map:NAME:SIZE[:thp|:nothp]", 0);
-	m = &maps[nmaps];
-	snprintf(m->name, sizeof(m->name), "%s", f[1]);
-	m->size = parse_size("map", f[2]);
-	m->start = REGION_BASE + (uintptr_t)nmaps * REGION_STEP;
+	m = new_mapping("map", f[1], parse_size("map", f[2]));	/* the shadow's 0 per page: touched only */
+	t0 = now_ns();
 	p = mmap((void *)m->start, m->size, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	if (p == MAP_FAILED || (uintptr_t)p != m->start)
@@ -247,11 +322,6 @@ static void op_map(char **f, int n)
 	if (madvise(p, m->size, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
 		fail("map", "madvise", errno);
 	touch(m->start, m->size);
-	/* 0 per page: touched only.  Inside the map window: malloc's brk or mmap
-	 * adds a VMA and touches fresh memory, neither of which is a callback. */
-	m->shadow = calloc(m->size / PAGE, 1);
-	if (!m->shadow)
-		fail("map", "calloc", errno);
 	t1 = now_ns();
 	nmaps++;
 	huge = anon_huge_kb(m->start, m->start + m->size);
@@ -263,19 +333,16 @@ static void op_map(char **f, int n)
 }
 
 /* dontneed, mprotect, munmap, touch, split, cold: NAME:OFF:LEN on one mapping. */
-static void op_range(const char *op, char **f, int n)
+static void op_range(char **f, int n)
 {
+	const char *op = f[0];
 	struct mapping *m;
 	uintptr_t start;
 	size_t len;
 	uint64_t t0, t1;
 	int ret = 0;
 
-	if (n < 4)
-		fail(op, "usage OP:NAME:OFF:LEN", 0);
-	m = find(op, f[1]);
-	start = m->start + parse_size(op, f[2]);
-	len = parse_size(op, f[3]);
+	m = range_of(f, n, &start, &len);
 	t0 = now_ns();
 	if (!strcmp(op, "dontneed")) {
 		ret = madvise((void *)start, len, MADV_DONTNEED);
@@ -397,8 +464,9 @@ int find_kthread(const char *comm)
 	return found;
 }
 
-static void op_data(const char *op, char **f, int n)
+static void op_data(char **f, int n)
 {
+	const char *op = f[0];
 	struct mapping *m;
 	uint64_t t0, t1;
 	uintptr_t start;
@@ -566,7 +634,7 @@ static void print_vmas_with_flags(const char *op, uintptr_t extra_start, size_t 
 	if (read_file("/proc/self/smaps") < 0)
 		fail(op, "read /proc/self/smaps", errno);
 	printf("{\"op\": \"vmas\", \"vmas\": [");
-	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+	for (char *p = scratch; p && *p; p = next_line(p)) {
 		char perms[5];
 
 		if (sscanf(p, "%lx-%lx %4s", &s, &e, perms) == 3) {
@@ -617,7 +685,7 @@ static long vmstat(const char *name)
 
 	if (read_file("/proc/vmstat") < 0)
 		return -1;
-	for (char *p = scratch; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+	for (char *p = scratch; p && *p; p = next_line(p))
 		if (!strncmp(p, name, len) && p[len] == ' ')
 			return strtol(p + len + 1, NULL, 10);
 	return -1;
@@ -689,38 +757,63 @@ static void op_khugepaged(char **f, int n)
 		fail("khugepaged", "khugepaged did not complete two full scans in time (see full_scans)", 0);
 }
 
+int swap_active(void)
+{
+	char *nl;
+
+	return read_file("/proc/swaps") >= 0 && (nl = strchr(scratch, '\n')) && nl[1];	/* a line below the header */
+}
+
+long lru_gen_enabled(void)
+{
+	return read_file("/sys/kernel/mm/lru_gen/enabled") > 0 ? strtol(scratch, NULL, 16) : -1;
+}
+
+void memcg_reclaim_path(const char *op, char *path, size_t size)
+{
+	if (read_file("/proc/self/cgroup") <= 0 || strncmp(scratch, "0::/", 4) || !scratch[4] || scratch[4] == '\n')
+		fail(op, "the workload is not in a memcg of its own (/proc/self/cgroup)", 0);
+	*strchrnul(scratch, '\n') = 0;
+	snprintf(path, size, "/sys/fs/cgroup%.200s/memory.reclaim", scratch + 3);
+}
+
+int memcg_reclaim(const char *op, const char *path, size_t bytes, uint64_t *t0, uint64_t *t1)
+{
+	char size[32];
+	int fd, err = 0;
+
+	snprintf(size, sizeof(size), "%zu", bytes);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		fail(op, "open memory.reclaim", errno);
+	*t0 = now_ns();
+	if (write(fd, size, strlen(size)) != (ssize_t)strlen(size))
+		err = errno;
+	*t1 = now_ns();
+	close(fd);
+	if (err && err != EAGAIN)
+		fail(op, "write memory.reclaim", err);
+	return err;
+}
+
 /* Proactive reclaim of the workload's own memcg, from the workload's own task. */
 static void op_reclaim(char **f, int n)
 {
 	struct mapping *m;
-	char path[256], size[32];
+	char path[256];
 	uint64_t t0, t1;
-	long lru_gen = -1;
-	int fd, err = 0;
+	long lru_gen;
+	int err;
 
 	if (n < 2)
 		fail("reclaim", "usage reclaim:NAME", 0);
 	m = find("reclaim", f[1]);
-	if (read_file("/proc/swaps") < 0 || !strchr(scratch, '\n') || !*(strchr(scratch, '\n') + 1))
+	if (!swap_active())
 		fail("reclaim", "no swap is active: anonymous pages cannot be reclaimed", 0);
-	if (read_file("/proc/self/cgroup") <= 0 || strncmp(scratch, "0::/", 4) || !scratch[4] || scratch[4] == '\n')
-		fail("reclaim", "the workload is not in a memcg of its own (/proc/self/cgroup)", 0);
-	*strchrnul(scratch, '\n') = 0;
-	snprintf(path, sizeof(path), "/sys/fs/cgroup%.200s/memory.reclaim", scratch + 3);
-	if (read_file("/sys/kernel/mm/lru_gen/enabled") > 0)
-		lru_gen = strtol(scratch, NULL, 16);
+	memcg_reclaim_path("reclaim", path, sizeof(path));
+	lru_gen = lru_gen_enabled();
 	print_vmas_with_flags("reclaim", 0, 0);
-	snprintf(size, sizeof(size), "%zu", m->size);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		fail("reclaim", "open memory.reclaim", errno);
-	t0 = now_ns();
-	if (write(fd, size, strlen(size)) != (ssize_t)strlen(size))
-		err = errno;
-	t1 = now_ns();
-	close(fd);
-	if (err && err != EAGAIN)
-		fail("reclaim", "write memory.reclaim", err);
+	err = memcg_reclaim("reclaim", path, m->size, &t0, &t1);
 	printf("{\"op\": \"reclaim\", \"name\": \"%s\", \"start\": %lu, \"end\": %lu, \"lru_gen\": %ld, \"errno\": %d, "
 	       "\"swap_kb\": %ld, \"t0\": %" PRIu64 ", \"t1\": %" PRIu64 "}\n", m->name, (unsigned long)m->start,
 	       (unsigned long)(m->start + m->size), lru_gen, err, smaps_kb("Swap:", m->start, m->start + m->size), t0, t1);
@@ -733,13 +826,34 @@ static void op_reclaim(char **f, int n)
 extern const struct mmops_family __start_mmops_families[] __attribute__((weak));
 extern const struct mmops_family __stop_mmops_families[] __attribute__((weak));
 
+int run_op(const struct mmops_op *ops, char **f, int n)
+{
+	for (; ops->name; ops++) {
+		if (!strcmp(ops->name, f[0])) {
+			ops->run(f, n);
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static int family_op(char **f, int n)
 {
 	for (const struct mmops_family *fam = __start_mmops_families; fam < __stop_mmops_families; fam++)
-		if (fam->op(f, n))
+		if (fam->ops ? run_op(fam->ops, f, n) : fam->op(f, n))
 			return 1;
 	return 0;
 }
+
+static const struct mmops_op core_ops[] = {
+	{ "map", op_map }, { "cpu", op_cpu }, { "cow", op_cow }, { "loop", op_loop },
+	{ "fill", op_data }, { "write", op_data }, { "verify", op_data },
+	{ "ksm", op_ksm }, { "ksmd", op_ksmd }, { "unmerge", op_unmerge }, { "oom", op_oom },
+	{ "khugepaged", op_khugepaged }, { "reclaim", op_reclaim },
+	{ "dontneed", op_range }, { "mprotect", op_range }, { "munmap", op_range }, { "touch", op_range },
+	{ "split", op_range }, { "cold", op_range },
+	{ NULL, NULL },
+};
 
 int main(int argc, char **argv)
 {
@@ -760,34 +874,7 @@ int main(int argc, char **argv)
 
 		for (tok = strtok_r(argv[i], ":", &save); tok && n < 8; tok = strtok_r(NULL, ":", &save))
 			f[n++] = tok;
-		if (!n)
-			continue;
-		if (!strcmp(f[0], "map"))
-			op_map(f, n);
-		else if (!strcmp(f[0], "cpu"))
-			op_cpu(f, n);
-		else if (!strcmp(f[0], "cow"))
-			op_cow(f, n);
-		else if (!strcmp(f[0], "loop"))
-			op_loop(f, n);
-		else if (!strcmp(f[0], "fill") || !strcmp(f[0], "write") || !strcmp(f[0], "verify"))
-			op_data(f[0], f, n);
-		else if (!strcmp(f[0], "ksm"))
-			op_ksm(f, n);
-		else if (!strcmp(f[0], "ksmd"))
-			op_ksmd(f, n);
-		else if (!strcmp(f[0], "unmerge"))
-			op_unmerge(f, n);
-		else if (!strcmp(f[0], "oom"))
-			op_oom(f, n);
-		else if (!strcmp(f[0], "khugepaged"))
-			op_khugepaged(f, n);
-		else if (!strcmp(f[0], "reclaim"))
-			op_reclaim(f, n);
-		else if (!strcmp(f[0], "dontneed") || !strcmp(f[0], "mprotect") || !strcmp(f[0], "munmap") ||
-			 !strcmp(f[0], "touch") || !strcmp(f[0], "split") || !strcmp(f[0], "cold"))
-			op_range(f[0], f, n);
-		else if (!family_op(f, n))
+		if (n && !run_op(core_ops, f, n) && !family_op(f, n))
 			fail(f[0], "unknown operation", 0);
 	}
 	printf("{\"op\": \"exit\", \"pid\": %d, \"t0\": %" PRIu64 "}\n", getpid(), now_ns());

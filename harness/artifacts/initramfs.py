@@ -169,7 +169,11 @@ def make_manifest(release: str, modules_dir: Path,
         deps = " ".join(f"kernel/{d}.ko" for d in _all_deps(mod, index))
         dep_lines.append(f"{rel}:{' ' + deps if deps else ''}")
     man.texts[f"{moddir}/modules.dep"] = "\n".join(dep_lines) + "\n"
-    man.texts["etc/nh/boot-modules"] = "\n".join(boot) + "\n"
+    # The network's modules before sshd, the rest (pvpanic, the power button) after the ready
+    # marker: SSH is what the harness waits for.
+    network = {m.name for m in index.closure([n for n in REQUIRED_MODULES if n in index])}
+    man.texts["etc/nh/network-modules"] = "".join(f"{name}\n" for name in boot if name in network)
+    man.texts["etc/nh/boot-modules"] = "".join(f"{name}\n" for name in boot if name not in network)
     for guest, host in (extra_files or {}).items():
         man.files[guest] = host
         man.executables.add(guest)

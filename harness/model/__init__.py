@@ -11,3 +11,11 @@ the kernel source that explains it.
     ops.py        the workload's operations and the address space they shape
     expect.py     per-operation expectations, and matching them to a trace
 """
+
+# ops.py imports the operation families (harness/model/families/) at its end, and a family imports
+# expect.py, which imports ops.py: importing ops.py first, here, is the only order in which every
+# module is whole when the next one reads it (expect.py first would hand the families a half-made
+# expect module).
+from harness.model import ops  # noqa: E402
+
+__all__ = ["ops"]

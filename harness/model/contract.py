@@ -21,6 +21,11 @@ From kernel-semantics.md §1-§3:
               MADV_PAGEOUT) age PTEs under an mmu_gather with no window at all,
               so on 6.1 its flush calls invalidate_range bare, over the PTEs
               made old.  The caller names those operations (`bare_invalidate`);
+              A fourth case: a gather that finishes while another of the mm is
+              pending (mm_tlb_flush_nested, e.g. hugetlb_change_protection's own
+              inside mprotect's) flushes as fullmm, whose range __tlb_reset_range()
+              sets to start = end = ~0: invalidate_range [~0, ~0) after the window
+              the same task closed last (tlb_finish_mmu() in mm/mmu_gather.c, 6.1);
               (>= 6.6) never
   arch-invalidate
               only on kernels that have arch_invalidate_secondary_tlbs (6.6+)
@@ -30,7 +35,8 @@ From kernel-semantics.md §1-§3:
               a start may fail only when it may not block, and only with
               -EAGAIN (§2: the core WARNs otherwise); a failed start has no end
               of its own: the unwind ends the other notifiers' windows
-  range       start < end, both page-aligned
+  range       start < end, both page-aligned; except SOFT_DIRTY's [0, -1UL) (clear_refs_write's
+              window over the whole address space)
   sequence    the module numbered every record it kept: no gaps
 """
 
@@ -44,7 +50,11 @@ from harness.model.findings import Finding, window_around
 from harness.model.versions import Features
 
 PAGE = 4096
+# mmu_notifier_range_init(..., 0, -1UL): the whole address space, whose end is not page-aligned.
+WHOLE_SPACE = (0, (1 << 64) - 1)
 EAGAIN = 11
+# A fullmm mmu_gather's range (__tlb_reset_range: start = end = ~0), flushed by a nested gather.
+FULLMM_FLUSH = ((1 << 64) - 1, (1 << 64) - 1)
 # The notifiers on the mm's hlist, judged here; interval and TLB notifiers are not.
 HLIST = (Subscriber.PRIMARY, Subscriber.SECOND)
 
@@ -127,6 +137,8 @@ def check_contract(records: Sequence[Record], features: Features, *,
                                 window=window_around(records, rec.seq)))
 
     def range_ok(rec: Record, what: str) -> None:
+        if rec.event == Event.SOFT_DIRTY and (rec.start, rec.end) == WHOLE_SPACE:
+            return   # clear_refs_write's window over the whole address space: [0, -1UL)
         if rec.start >= rec.end or rec.start % PAGE or rec.end % PAGE:
             add("range", f"{what} [{rec.start:#x}, {rec.end:#x}) is empty or not page-aligned", rec)
 
@@ -226,6 +238,8 @@ def check_contract(records: Sequence[Record], features: Features, *,
                 stack[-1].inner.append(rec)
             elif key in last_closed and _contains(_gather_range(last_closed[key]), rec.start, rec.end):
                 pass  # the mmu_gather flush after the window closed
+            elif key in last_closed and (rec.start, rec.end) == FULLMM_FLUSH:
+                pass  # a nested mmu_gather's fullmm flush after the window closed
             elif not stack and bare_invalidate(rec):
                 pass  # the mmu_gather flush of an operation that opens no window
             else:

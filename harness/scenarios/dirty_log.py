@@ -12,24 +12,20 @@ with the seed and the exact requests minivmm was sent.
 
 from __future__ import annotations
 
-import functools
-import json
-import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, ClassVar, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Optional
 
-from hypothesis import HealthCheck, Phase, seed, settings
 from hypothesis import strategies as st
-from hypothesis.reporting import with_reporter
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
+from hypothesis.stateful import initialize, rule
 
-from harness.errors import HarnessError
 from harness.guest_data import field as guest_field
 from harness.guest_data import MAX_ERRNO, int_field, int_list_field, parse_hex_bytes
 from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import (WORD, DirtyLogModel, bitmap_bytes, describe, errno_name,
                                      expected_values_problem)
+from harness.scenarios import exploration
 from harness.scenarios.base import NeedsKvm, ScenarioContext
+from harness.scenarios.exploration import Exploration, Session, VmmMachine, conclude, watched
 from harness.verdict import Verdict
 
 # Slot sizes: 64-page multiples and not (259 and 1000 end mid-word), one 2 MiB THP's worth.
@@ -39,27 +35,6 @@ SLOT_PAGES = (64, 259, 512, 1000)
 SLOT_IDS = (1, 0, 7, 32764, (1 << 16) | 1, (2 << 16) | 1)
 # Capability values: disable, enable, enable + INITIALLY_SET, and invalid ones.
 CAP_VALUES = (0, 1, 3, 2, 4, 5, 7)
-
-
-# Shrinking a failure stops after this long, or when the scenario's time limit comes this close: the
-# shortest failing sequence found by then is the repro (a verdict lost to the time limit is worse).
-SHRINK_S = 120.0
-SHRINK_RESERVE_S = 45.0
-
-
-class _ShrinkStop(AssertionError):
-    """Shrinking ran out of time.  Every example from then on fails at once, without a request, so
-    hypothesis's shrinker runs out of candidates in no time and its final replay fails the same way;
-    the repro is the shortest failing example seen before (Session.shortest)."""
-
-
-class _Abort(BaseException):
-    """The harness lost the VMM or the guest: stop exploring at once, nothing to shrink.
-    A BaseException so hypothesis does not take it for a property failure."""
-
-    def __init__(self, error: HarnessError):
-        super().__init__(str(error))
-        self.error = error
 
 
 @dataclass(frozen=True)
@@ -87,76 +62,16 @@ class Answer:
         return typed
 
 
-@dataclass
-class Session:
-    """What one scenario run shares with every example: the VMM (with its transcript) and the tallies."""
-
-    vmm: Vmm
-    ops: int = 0
-    examples: int = 0
-    requests: list[str] = field(default_factory=list)   # the current example's requests, in order
-    started: float = field(default_factory=time.monotonic)
-    # When the first example failed (seconds from the start) and which it was: the time to find a bug,
-    # apart from the time to shrink it.
-    first_failure_s: Optional[float] = None
-    first_failure_example: int = 0
-    shrink_until: float = 0.0
-    # The shortest failing example so far (what failed, its requests): the repro if shrinking is cut.
-    shortest: Optional[tuple[str, list[str]]] = None
-    shrink_stopped: bool = False
-
-    def failed(self, what: str) -> None:
-        now = time.monotonic()
-        if self.first_failure_s is None:
-            self.first_failure_s = now - self.started
-            self.first_failure_example = self.examples
-            deadline = self.vmm.guest.deadline
-            self.shrink_until = min(now + SHRINK_S, deadline - SHRINK_RESERVE_S if deadline else now + SHRINK_S)
-        if self.shortest is None or len(self.requests) < len(self.shortest[1]):
-            self.shortest = (what, list(self.requests))
-
-    def out_of_shrinking_time(self) -> bool:
-        return self.first_failure_s is not None and time.monotonic() > self.shrink_until
-
-
-def watched(method: Callable[..., None]) -> Callable[..., None]:
-    """A rule whose failed check is noted in the session (hypothesis catches it to shrink)."""
-    @functools.wraps(method)
-    def run(self: "DirtyLogMachine", *args: Any, **kwargs: Any) -> None:
-        try:
-            method(self, *args, **kwargs)
-        except AssertionError as e:
-            self.session.failed(str(e))
-            raise
-    return run
-
-
-class DirtyLogMachine(RuleBasedStateMachine):
-    session: ClassVar[Session]
-
+class DirtyLogMachine(VmmMachine):
     def __init__(self) -> None:
-        if self.session.out_of_shrinking_time():
-            self.session.shrink_stopped = True
-            raise _ShrinkStop("shrinking ran out of time")
         super().__init__()
         self.model: Optional[DirtyLogModel] = None
         self.last_get = 0
-        self.session.requests = []
-        self.session.examples += 1
-        if self.session.vmm.transcript is not None:
-            self.session.vmm.transcript.write(f"# example {self.session.examples}\n")
 
     # --- plumbing -------------------------------------------------------------
 
     def call(self, op: str, **args: Any) -> Answer:
-        """One request; a lost VMM or an answer that is not what minivmm prints stops the exploration."""
-        self.session.ops += 1
-        try:
-            return Answer.parse(op, self.session.vmm.call(op, **args))
-        except HarnessError as e:
-            raise _Abort(e) from None
-        finally:
-            self.session.requests.append(self.session.vmm.last_request)
+        return self.exchange(op, args, Answer.parse)
 
     @staticmethod
     def check_errno(what: str, answer: Answer, expected: int) -> None:
@@ -300,53 +215,8 @@ class DirtyLogMachine(RuleBasedStateMachine):
             self.model.clear(first, num, bits)
 
 
-@dataclass(frozen=True)
-class Exploration:
-    examples: int
-    ops: int
-    seconds: float
-    failure: Optional[str]           # the property that failed, on the minimal sequence
-    first_failure_s: Optional[float]  # when the first failing example failed (the rest is shrinking)
-    first_failure_example: int
-    report: str                      # hypothesis's account of the minimal sequence
-    requests: tuple[str, ...]        # the minimal sequence as sent to minivmm
-
-
 def explore(vmm: Vmm, run_seed: int, examples: int, steps: int) -> Exploration:
-    session = Session(vmm)
-    machine = seed(run_seed)(type("DirtyLog", (DirtyLogMachine,), {"session": session}))
-    lines: list[str] = []
-    start = time.monotonic()
-    failure = None
-    try:
-        with with_reporter(lambda text: lines.append(str(text))):
-            run_state_machine_as_test(machine, settings=settings(
-                max_examples=examples, stateful_step_count=steps, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck), print_blob=False,
-                report_multiple_bugs=False,
-                # No explain phase: it replays hundreds of variants of the minimal example on the VM
-                # after shrinking, to annotate it, and the minimal sequence is already the repro.
-                phases=[p for p in Phase if p is not Phase.explain]))
-    except _Abort as abort:
-        raise abort.error from None
-    except Exception as e:
-        if session.shrink_stopped and session.shortest is not None:
-            # The stop, as hypothesis reports it: _ShrinkStop itself, or its account of a failure that
-            # did not repeat (the stop) when it replayed the shortest example.
-            failure, session.requests = session.shortest
-            lines = [f"shrinking stopped after {time.monotonic() - start - (session.first_failure_s or 0):.0f} s "
-                     f"(it may take {SHRINK_S:.0f} s, and must end {SHRINK_RESERVE_S:.0f} s before the "
-                     f"scenario's time limit): the shortest failing sequence found, {len(session.requests)} "
-                     f"requests"]
-        elif isinstance(e, AssertionError):
-            failure = str(e)
-            lines += getattr(e, "__notes__", [])   # hypothesis attaches the falsifying steps as notes
-        else:
-            raise
-    return Exploration(examples=session.examples, ops=session.ops, seconds=time.monotonic() - start,
-                       failure=failure, first_failure_s=session.first_failure_s if failure else None,
-                       first_failure_example=session.first_failure_example if failure else 0,
-                       report="\n".join(lines), requests=tuple(session.requests))
+    return exploration.explore(DirtyLogMachine, Session(vmm), run_seed, examples, steps)
 
 
 class DirtyLog(NeedsKvm):
@@ -363,22 +233,4 @@ class DirtyLog(NeedsKvm):
         rate = (f"{result.examples} examples, {result.ops} operations in {result.seconds:.1f} s: "
                 f"{result.ops / result.seconds:.1f} operations/s, {result.examples * 60 / result.seconds:.1f} "
                 f"examples/min (seed {ctx.seed})")
-        (ctx.out_dir / "exploration.json").write_text(json.dumps({
-            "seed": ctx.seed, "examples": result.examples, "operations": result.ops,
-            "seconds": round(result.seconds, 3), "vmm_corrupt": cfg.vmm_corrupt, "failure": result.failure,
-            "first_failure_s": round(result.first_failure_s, 3) if result.first_failure_s is not None else None,
-            "first_failure_example": result.first_failure_example,
-            "shrink_s": (round(result.seconds - result.first_failure_s, 3)
-                         if result.first_failure_s is not None else None),
-            "minimal_requests": list(result.requests) if result.failure else []}, indent=1) + "\n")
-        if result.failure is None:
-            return Verdict("pass", (), (rate,))
-        sequence = "\n".join(f"    {r}" for r in result.requests)
-        (ctx.out_dir / "minimal-sequence.txt").write_text(result.report + "\n")
-        found = (f"first failing example (#{result.first_failure_example}) after {result.first_failure_s:.1f} s, "
-                 f"shrunk in {result.seconds - result.first_failure_s:.1f} s"
-                 if result.first_failure_s is not None else "")
-        return Verdict("fail", (f"{result.failure}\n  minimal sequence ({len(result.requests)} requests to "
-                                f"minivmm, seed {ctx.seed}):\n{sequence}\n  as hypothesis shrank it:\n"
-                                + "\n".join(f"    {line}" for line in result.report.splitlines()),),
-                       (rate, found) if found else (rate,))
+        return conclude(ctx, result, cfg.vmm_corrupt, (rate,))

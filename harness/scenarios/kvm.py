@@ -59,6 +59,21 @@ def observe(guest: Guest, pid: int, action: Callable[[], None], until: Optional[
     return Observation(records, events, stats, trace.overruns, trace.kprobes)
 
 
+def mmops_on_vmm(guest: Guest, step: str, timeout: float, what: str) -> Op:
+    """One mmops step that acts on the VMM from outside (`step` is KIND:PID:...), without the probe on
+    mmops itself: the step's op, or GuestError naming `what` failed."""
+    result = guest.run([MMOPS, "--no-probe", step], timeout=timeout)
+    said = (result.stderr or result.stdout).strip()[-300:]
+    kind = step.partition(":")[0]
+    source = f"mmops {kind}"
+    lines = parse_json_lines(result.stdout, source)
+    # mmops's own error line raises here
+    ops = parse_ops(lines, source=source, max_range=guest.memory_mib << 20)[1] if lines else []
+    if not result.ok or not ops or ops[0].kind != kind:
+        raise GuestError(f"{what} failed: {said}")
+    return ops[0]
+
+
 def judge_observation(ctx: ScenarioContext, obs: Observation, slot: tuple[int, int],
                       need: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """Cross-check the two observers; `need`: call kinds that must have hit the slot."""
@@ -184,15 +199,7 @@ class KvmKsm(NeedsKvm):
     @staticmethod
     def _merge(guest: Guest, pid: int, timeout: float) -> Op:
         """mmops's ksmd run (ksmd fast until two full scans have passed, then stopped) for the VMM."""
-        result = guest.run([MMOPS, "--no-probe", f"ksmd:{pid}:{int(timeout)}"], timeout=timeout + 30)
-        said = (result.stderr or result.stdout).strip()[-300:]
-        source = "mmops ksmd"
-        lines = parse_json_lines(result.stdout, source)
-        # mmops's own error line raises here
-        ops = parse_ops(lines, source=source, max_range=guest.memory_mib << 20)[1] if lines else []
-        if not result.ok or not ops or ops[0].kind != "ksmd":
-            raise GuestError(f"running ksmd for the VMM failed: {said}")
-        return ops[0]
+        return mmops_on_vmm(guest, f"ksmd:{pid}:{int(timeout)}", timeout + 30, "running ksmd for the VMM")
 
 
 class KvmOom(NeedsKvm):

@@ -23,6 +23,14 @@ class QemuPlan:
     ssh_port: int
     ssh_pubkey: str          # "ecdsa-sha2-nistp256 AAAA...", passed on the kernel command line
     extra_cmdline: str = ""
+    # NUMA nodes the guest sees.  Two on every boot: page migration between nodes (move_pages,
+    # mbind) is one of the notifier's call sites, and the other scenarios pass the same with them
+    # (NUMA balancing off, one socket per CPU).
+    numa_nodes: int = 2
+
+
+# The NUMA layout's memory is split on this boundary, so each node holds whole huge pages.
+NODE_ALIGN_MIB = 2
 
 
 def opt_value(value: object) -> str:
@@ -42,9 +50,55 @@ def kernel_cmdline(plan: QemuPlan) -> str:
         "random.trust_cpu=on",
         f"nh.sshkey={key_type}:{key_data.split()[0]}",
     ]
+    if plan.numa_nodes > 1:
+        # Automatic NUMA balancing (on by default in the Debian kernels once there are two nodes)
+        # unmaps a running task's memory every scan period through change_prot_numa: PROTECTION
+        # windows on every workload's mm that no operation asked for.
+        args.append("numa_balancing=disable")
     if plan.extra_cmdline:
         args.append(plan.extra_cmdline)
     return " ".join(args)
+
+
+def node_layout(plan: QemuPlan) -> list[tuple[int, tuple[int, ...]]]:
+    """(MiB, CPUs) per NUMA node: memory split evenly in NODE_ALIGN_MIB steps (node 0 takes the
+    rest), CPUs in contiguous blocks, the first nodes taking one more when they do not divide."""
+    nodes = plan.numa_nodes
+    if nodes < 1 or plan.memory_mib < nodes * NODE_ALIGN_MIB:
+        raise ValueError(f"{nodes} NUMA nodes for {plan.memory_mib} MiB")
+    share = plan.memory_mib // nodes // NODE_ALIGN_MIB * NODE_ALIGN_MIB
+    mems = [plan.memory_mib - share * (nodes - 1)] + [share] * (nodes - 1)
+    per, extra = divmod(plan.cpus, nodes)
+    out, cpu = [], 0
+    for i, mib in enumerate(mems):
+        n = per + (1 if i < extra else 0)
+        out.append((mib, tuple(range(cpu, cpu + n))))
+        cpu += n
+    return out
+
+
+def smp(plan: QemuPlan) -> str:
+    """-smp: with NUMA nodes, one socket per CPU.  QEMU 7.2 puts the CPUs of a plain `-smp N` in one
+    socket, whose cores share a last-level cache; a node boundary through that socket makes the
+    kernel WARN at boot (topology_sane: "llc-sibling CPU #0 is not on the same node")."""
+    if plan.numa_nodes <= 1:
+        return str(plan.cpus)
+    return f"{plan.cpus},sockets={plan.cpus},cores=1,threads=1"
+
+
+def numa_args(plan: QemuPlan) -> list[str]:
+    """One RAM backend and one -numa node per node (QEMU 7.2 refuses the legacy `mem=` form on
+    current machine types); none for a single node."""
+    if plan.numa_nodes <= 1:
+        return []
+    args = []
+    for i, (mib, cpus) in enumerate(node_layout(plan)):
+        args += ["-object", f"memory-backend-ram,id=nh-mem{i},size={mib}M"]
+        node = f"node,nodeid={i},memdev=nh-mem{i}"
+        if cpus:
+            node += f",cpus={cpus[0]}-{cpus[-1]}"
+        args += ["-numa", node]
+    return args
 
 
 def qemu_argv(plan: QemuPlan) -> list[str]:
@@ -65,8 +119,9 @@ def qemu_argv(plan: QemuPlan) -> list[str]:
         "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", "pc",
         *accel,
-        "-smp", str(plan.cpus),
+        "-smp", smp(plan),
         "-m", f"{plan.memory_mib}M",
+        *numa_args(plan),
         "-kernel", str(plan.kernel),
         "-initrd", str(plan.initrd),
         "-append", kernel_cmdline(plan),

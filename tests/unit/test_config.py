@@ -64,7 +64,7 @@ seed: 7
     ("kernels: [debian:6.1]\nscenarios: [nosuch]\n",
      "scenarios[0]: unknown scenario 'nosuch'; valid scenarios: other, smoke"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, timout: 3}]\n",
-     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: alloc, examples, fault, khugepaged_timeout, ksm_pages, ksm_timeout, memcg_max, name, probe_corrupt, "
+     "unknown key 'scenarios[0].timout'; valid keys in scenarios[0]: alloc, args, examples, fault, khugepaged_timeout, ksm_pages, ksm_timeout, memcg_max, name, path, probe_corrupt, "
      "reaper_wait, reclaim, steps, timeout, vmm_corrupt"),
     ("kernels: [debian:6.1]\nscenarios: [{name: smoke, memcg_max: 2M}]\n",
      "scenarios[0].memcg_max: '2M' is not valid; expected at least 4M"),

@@ -23,6 +23,7 @@ from harness.kvm.ftrace import STATS_END, KvmTrace
 from harness.kvm.vmm import Vmm, VmmError
 from harness.model.ops import parse_ops
 from harness.model.versions import features_for
+from harness.scenarios import youngtrace
 from harness.scenarios.aging import Aging
 from harness.scenarios.base import ScenarioContext
 from harness.scenarios.dirty_log import Answer, explore
@@ -226,7 +227,10 @@ def test_ksm_without_a_ksm_operation(tmp_path):
 
 
 def test_aging_without_a_khugepaged_operation(tmp_path):
-    g = guest({f"{PARAMS}/corrupt": "0\n", NHCTL_RUN: workload(MAP % (A, A + (4 << 20)))})
+    young = f"sh -c T=/sys/kernel/tracing; I={youngtrace.INSTANCE}"       # the young-bit trace's set-up
+    collect = f"sh -c I={youngtrace.INSTANCE}"
+    g = guest({f"{PARAMS}/corrupt": "0\n", NHCTL_RUN: workload(MAP % (A, A + (4 << 20))), young: "args 6.1\n",
+               collect: f"overrun: 0\n{youngtrace.STATS_END}\n"})
     message = refused(lambda: Aging().run(context(g, "aging", tmp_path)), "khugepaged: mmops")
     assert "expected exactly one 'khugepaged' operation, found 0" in message
 

@@ -44,8 +44,10 @@ def test_manifest_layout(tmp_path):
     man = ir.make_manifest(REL, make_module_tree(tmp_path / "mods", REL, xz=True))
     assert man.symlinks["init"] == "bin/busybox"
     assert man.files["etc/init.d/rcS"].name == "rcS"
-    assert man.texts["etc/nh/boot-modules"].split() == [
+    # The network's modules are loaded before sshd; the rest (none in this tree) after the ready marker.
+    assert man.texts["etc/nh/network-modules"].split() == [
         "virtio_ring", "virtio", "virtio_pci", "failover", "net_failover", "virtio_net"]
+    assert man.texts["etc/nh/boot-modules"].split() == []
     dep = man.texts[f"lib/modules/{REL}/modules.dep"]
     assert "kernel/kvm_amd.ko: kernel/kvm.ko kernel/irqbypass.ko" in dep.splitlines()
     assert f"lib/modules/{REL}/kernel/kvm_amd.ko" in man.modules

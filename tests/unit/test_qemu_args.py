@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.vm.qemu_args import QemuPlan, kernel_cmdline, qemu_argv
+from harness.vm.qemu_args import QemuPlan, kernel_cmdline, node_layout, qemu_argv
 
 KEY = "ecdsa-sha2-nistp256 AAAAE2VjZHNh"
 
@@ -38,7 +38,7 @@ def test_unknown_accel_is_refused():
 
 def test_machine_shape_and_files():
     argv = qemu_argv(plan("tcg", cpus=3, memory_mib=1536))
-    assert opt(argv, "-smp") == ["3"] and opt(argv, "-m") == ["1536M"]
+    assert opt(argv, "-smp") == ["3,sockets=3,cores=1,threads=1"] and opt(argv, "-m") == ["1536M"]
     assert opt(argv, "-kernel") == ["/k/vmlinuz"] and opt(argv, "-initrd") == ["/i/initramfs.cpio"]
     assert "-no-reboot" in argv and "-nodefaults" in argv
 
@@ -70,3 +70,46 @@ def test_a_comma_in_a_path_cannot_add_qemu_options():
     """$TMPDIR=/tmp/x,server=off would otherwise end the path and add an option of its own."""
     argv = qemu_argv(plan("tcg", qmp_socket=Path("/tmp/a,wait=on,server=off/qmp.sock")))
     assert "socket,id=qmp,path=/tmp/a,,wait=on,,server=off/qmp.sock,server=on,wait=off" in opt(argv, "-chardev")
+
+
+def test_two_numa_nodes_by_default_each_with_its_memory_and_cpus():
+    argv = qemu_argv(plan("tcg", cpus=2, memory_mib=2048))
+    assert opt(argv, "-object") == ["memory-backend-ram,id=nh-mem0,size=1024M",
+                                    "memory-backend-ram,id=nh-mem1,size=1024M"]
+    assert opt(argv, "-numa") == ["node,nodeid=0,memdev=nh-mem0,cpus=0-0", "node,nodeid=1,memdev=nh-mem1,cpus=1-1"]
+    # the backends add up to -m, which QEMU requires
+    assert opt(argv, "-m") == ["2048M"]
+
+
+def test_numa_balancing_is_off_when_there_are_two_nodes():
+    """Automatic NUMA balancing would unmap the workloads' memory on its own schedule."""
+    assert "numa_balancing=disable" in kernel_cmdline(plan("tcg")).split()
+    assert "numa_balancing=disable" not in kernel_cmdline(plan("tcg", numa_nodes=1)).split()
+
+
+def test_one_node_is_qemus_plain_machine():
+    argv = qemu_argv(plan("tcg", numa_nodes=1, cpus=3))
+    assert opt(argv, "-numa") == [] and opt(argv, "-object") == [] and opt(argv, "-smp") == ["3"]
+
+
+def test_with_nodes_each_cpu_is_a_socket_of_its_own():
+    """Cores of one socket share a cache; split across nodes, the kernel WARNs at boot (topology_sane)."""
+    assert opt(qemu_argv(plan("tcg", cpus=2)), "-smp") == ["2,sockets=2,cores=1,threads=1"]
+
+
+@pytest.mark.parametrize("cpus,mib,layout", [
+    (1, 2048, [(1024, (0,)), (1024, ())]),               # a node may have memory and no CPU
+    (3, 1537, [(769, (0, 1)), (768, (2,))]),              # the first node takes the odd MiB and CPU
+    (4, 256, [(128, (0, 1)), (128, (2, 3))]),
+])
+def test_node_layout(cpus, mib, layout):
+    p = plan("tcg", cpus=cpus, memory_mib=mib)
+    assert node_layout(p) == layout
+    assert sum(m for m, _ in layout) == mib
+    nodes = opt(qemu_argv(p), "-numa")
+    assert all("cpus=" not in n for n, (_, c) in zip(nodes, layout) if not c)
+
+
+def test_more_nodes_than_memory_is_refused():
+    with pytest.raises(ValueError):
+        node_layout(plan("tcg", numa_nodes=4, memory_mib=6))

@@ -8,7 +8,7 @@ from harness.guest_data import GuestDataError
 from harness.model.versions import features_for
 from harness.scenarios.probe import ProbeStats
 from harness.scenarios.workload import judge_workload, split_output
-from tests.unit.tracebuilder import A, PID, TraceBuilder
+from tests.unit.tracebuilder import A, TraceBuilder
 
 F61, F612 = features_for((6, 1)), features_for((6, 12))
 REAPER = 31
