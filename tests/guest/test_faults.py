@@ -75,8 +75,9 @@ def test_a_panic_in_the_second_scenario_fails_it_and_the_rest_still_run(kernels,
     [row] = rows(again)
     assert (row["scenario"], row["verdict"], row["seed"]) == ("fault", "fail", 5)
     assert row["reports"] == fault["reports"]
-    # ... and compare sees no change between the two, but a regression against a clean run.
-    assert main(["compare", str(out), str(again)]) == 0
+    # ... and compare sees no change between the two (the repro against the run: the run's other rows
+    # are only in B, not missing from it), but a regression against a clean run.
+    assert main(["compare", str(again), str(out)]) == 0
     capsys.readouterr()
     clean_code, clean = run(PANIC_SECOND.replace("fault: panic", "fault: none"), tmp_path, "clean")
     assert clean_code == 0

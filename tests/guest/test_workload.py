@@ -42,4 +42,6 @@ def test_a_broken_stream_fails_with_the_contract_finding(kernels, tmp_path, caps
     out = tmp_path / "corrupt"
     assert main(["run", "-c", str(config), "--out", str(out)]) == 1
     [row] = json.loads((out / "results.json").read_text())["results"]
-    assert row["verdict"] == "fail" and row["findings"][0].startswith("workload: [pairing]")
+    # The dropped end leaves a window open: a [pairing] finding, and whatever else the open window
+    # makes of the records after it.
+    assert row["verdict"] == "fail" and any(f.startswith("workload: [pairing]") for f in row["findings"])
