@@ -20,8 +20,10 @@ from harness.guest_data import field as guest_field
 PAGE = 4096
 HPAGE = 2 << 20
 NEVER = 2**63 - 1
-# x86-64's user address space with 4-level page tables: no mapping of a workload ends above it.
+# x86-64's user address space with 4-level page tables: no mapping of mmops's ends above it.
 USER_ADDR_LIMIT = 1 << 47
+# ... and with 5-level paging (LA57, which a tree's defconfig enables): the stack may be up here.
+USER_ADDR_LIMIT_5LEVEL = 1 << 56
 # The largest range an operation may cover unless the caller knows better (the guest's memory).
 MAX_RANGE = 1 << 40
 # The operations on a mapping: each names its [start, end).
@@ -68,8 +70,11 @@ class VmaInfo:
 
     @property
     def reapable(self) -> bool:
-        """__oom_reap_task_mm: skip VM_HUGETLB|VM_PFNMAP; reap anonymous or private (not VM_SHARED)."""
-        return not ({"ht", "pf"} & self.flags) and "sh" not in self.flags
+        """__oom_reap_task_mm: skip VM_HUGETLB|VM_PFNMAP; reap anonymous or private (not VM_SHARED).  The
+        [vsyscall] page smaps lists above user space (CONFIG_X86_VSYSCALL_EMULATION) is the gate area, no
+        VMA of the mm: the reaper never sees it."""
+        return (not ({"ht", "pf"} & self.flags) and "sh" not in self.flags
+                and self.end <= USER_ADDR_LIMIT_5LEVEL)
 
 
 @dataclass(frozen=True)

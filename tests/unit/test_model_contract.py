@@ -90,6 +90,17 @@ def test_invalidate_range_after_unmap_may_cover_the_freed_page_table():
     assert rules(tb, V61) == ["invalidate-range"]
 
 
+def test_a_freed_upper_table_flushes_from_its_own_boundary_with_5_level_paging():
+    # A stack page at the top of a 5-level address space: free_pgd_range frees its P4D table, and the
+    # gather flushes from the 256 TiB boundary (a tree built from defconfig, LA57 under TCG).
+    top = (1 << 56) - 0x2000
+    tb = TraceBuilder().window(UNMAP, top, top + 0x1000, ir=True).ir(0xFF000000000000, top - 0x1FF000)
+    assert rules(tb, V61) == []
+    # From below the 1 GiB floor, but not at a 512 GiB boundary: no freed table starts there.
+    tb = TraceBuilder().window(UNMAP, top, top + 0x1000, ir=True).ir(top - (1 << 31), top + 0x1000)
+    assert rules(tb, V61) == ["invalidate-range"]
+
+
 def test_invalidate_range_beyond_the_window_on_6_1():
     tb = TraceBuilder().window(CLEAR, A, A + 4096).ir(A, A + 8192)
     assert rules(tb, V61) == ["invalidate-range"]

@@ -41,6 +41,11 @@ def rules(tb: TraceBuilder, mode: str, interval=None) -> list[str]:
 
 def test_reapable_vmas_are_private_or_anonymous_without_pfnmap_or_hugetlb():
     assert [v.reapable for v in VMAS] == [True, True, False, False]
+    # [vsyscall] (CONFIG_X86_VSYSCALL_EMULATION) is in smaps but is the gate area, no VMA of the mm;
+    # a 5-level stack is a VMA like any other.
+    vsyscall = VmaInfo(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000, "--xp", frozenset("ex".split()))
+    stack = VmaInfo((1 << 56) - (1 << 20), (1 << 56) - 0x1000, "rw-p", frozenset("rd wr mr mw me gd ac".split()))
+    assert (vsyscall.reapable, stack.reapable) == (False, True)
 
 
 def test_one_nonblocking_unmap_per_reapable_vma():
