@@ -405,6 +405,8 @@ class Run:
         self.consoles[artifacts] = text[-JUNIT_CONSOLE_BYTES:]
         verdict = judge_health(verdict, lost, reports, taint_before, taint_after)
         notes = [*verdict.notes, *notes]
+        if sc.probe_corrupt != "off":
+            notes.append(f"the probe ran with corrupt={sc.probe_corrupt}: findings are expected")
         if not ctx.features.verified:
             notes.append(f"kernel {ctx.features.label} is outside the versions the model was read from "
                          f"({verified_label()}); extrapolated: " + "; ".join(extrapolated(ctx.features)))

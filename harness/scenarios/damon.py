@@ -38,8 +38,6 @@ class Damon:
     def run(self, ctx: ScenarioContext) -> Verdict:
         load_probe(ctx.guest, ctx.config.probe_corrupt)
         notes: list[str] = []
-        if ctx.config.probe_corrupt != "off":
-            notes.append(f"the probe ran with corrupt={ctx.config.probe_corrupt}: findings are expected")
         with YoungTrace(ctx.guest) as trace:
             run = run_mmops(ctx.guest, "damon", SCRIPT)
             hits = trace.stop()

@@ -101,6 +101,4 @@ class Filemap:
         notes = [f"filemap: {len(run.records)} records, {judgement.checked_ops} operations checked, "
                  f"{counts[Event.PROTECTION_PAGE]} PROTECTION_PAGE (writeback) and {counts[Event.CLEAR]} CLEAR "
                  f"windows from the workload, {len(judgement.background)} records from other tasks"]
-        if ctx.config.probe_corrupt != "off":
-            notes.append(f"the probe ran with corrupt={ctx.config.probe_corrupt}: findings are expected")
         return Verdict.from_findings(findings, notes)

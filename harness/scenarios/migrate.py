@@ -56,8 +56,6 @@ class Migrate:
             return skip
         findings: list[str] = []
         notes: list[str] = []
-        if ctx.config.probe_corrupt != "off":
-            notes.append(f"the probe ran with corrupt={ctx.config.probe_corrupt}: findings are expected")
         numa = run_mmops(ctx.guest, "numa", NUMA)
         found, judgement = judge_run(numa, ctx.features, ctx.out_dir)
         findings += found

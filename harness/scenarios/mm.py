@@ -30,8 +30,6 @@ class ProbeScenario:
         features = ctx.features
         findings: list[str] = []
         notes: list[str] = []
-        if ctx.config.probe_corrupt != "off":
-            notes.append(f"the probe ran with corrupt={ctx.config.probe_corrupt}: findings are expected")
         for script in self.scripts:
             run = run_mmops(ctx.guest, script.name, script.ops, script.attach)
             run_findings, judgement = judge_run(run, features, ctx.out_dir)

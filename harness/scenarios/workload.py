@@ -112,6 +112,4 @@ class Workload:
         if judged.bare_invalidates:
             notes.append(f"{judged.bare_invalidates} invalidate_range outside any window allowed (mmu_gather "
                          f"flushes: without the program's operations they cannot be told from a missing window)")
-        if cfg.probe_corrupt != "off":
-            notes.append(f"the probe ran with corrupt={cfg.probe_corrupt}: findings are expected")
         return Verdict.from_findings(judged.findings, notes)

@@ -6,10 +6,9 @@ import pytest
 
 from harness.events import Callback, Event
 from harness.model.contract import WHOLE_SPACE, check_contract
-from harness.model.expect import judge
 from harness.model.ops import ModelError, Op
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import A, K, PID, TraceBuilder
+from tests.unit.tracebuilder import A, K, TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 SOFT_DIRTY = Event.SOFT_DIRTY
@@ -20,9 +19,7 @@ ALL_PAGES = (1 << 64) - 1        # every page of a 256 KiB mapping
 
 
 def finish(tb: TraceBuilder, ops: list[Op], f) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def mapping(tb: TraceBuilder) -> Op:

@@ -42,9 +42,7 @@ def unmap_pages(tb: TraceBuilder, f, bases: tuple[int, ...], pages=range(PAGES),
 
 
 def run(tb: TraceBuilder, ops: list[Op], f) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def setup(tb: TraceBuilder) -> list[Op]:

@@ -13,15 +13,11 @@ CLEAR, UNMAP, PROT_VMA, PROT_PAGE = Event.CLEAR, Event.UNMAP, Event.PROTECTION_V
 
 
 def mapping(tb: TraceBuilder, size: int, thp: bool = False, name: str = "A", start: int = A) -> Op:
-    t0 = tb.tick()
-    return tb.op("map", t0, name=name, start=start, end=start + size, thp=thp,
-                 anon_huge_kb=(size // (2 * M)) * 2048 if thp else 0)
+    return tb.mapping(size, thp, name, start)
 
 
 def run(tb: TraceBuilder, ops: list[Op], f=V612) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def test_munmap_unmaps_exactly_the_range_after_one_split_clear():

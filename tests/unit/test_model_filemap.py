@@ -4,10 +4,9 @@ source gives, and a broken one that fails with a named finding."""
 import pytest
 
 from harness.events import Event
-from harness.model.expect import judge
 from harness.model.ops import ModelError, Op
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import A, K, M, PID, TraceBuilder
+from tests.unit.tracebuilder import A, K, M, TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR, PROT_PAGE = Event.CLEAR, Event.PROTECTION_PAGE
@@ -23,9 +22,7 @@ def op(tb: TraceBuilder, kind: str, t0: int, off: int = 0, length: int = M, **ex
 
 
 def rules(tb: TraceBuilder, ops: list[Op], f=V612) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def written(tb: TraceBuilder, off: int, length: int, kind: str = "fwrite") -> Op:

@@ -5,11 +5,10 @@ import pytest
 
 from harness.events import Event
 from harness.model.contract import check_contract
-from harness.model.expect import judge
 from harness.model.families.hugetlb import HugeVma, widen
 from harness.model.ops import ModelError, Op
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import A, M, PID, TraceBuilder
+from tests.unit.tracebuilder import A, M, TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR, UNMAP, PROT_VMA, PROT_PAGE = Event.CLEAR, Event.UNMAP, Event.PROTECTION_VMA, Event.PROTECTION_PAGE
@@ -31,9 +30,7 @@ def touch(tb: TraceBuilder, start: int, length: int) -> Op:
 
 
 def rules(tb: TraceBuilder, ops: list[Op], f=V612) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def nested(tb: TraceBuilder, outer: tuple[Event, int, int], inner: tuple[Event, int, int]) -> None:

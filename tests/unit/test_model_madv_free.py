@@ -4,10 +4,9 @@ each rule with the trace the kernel's source gives, and the same trace broken.""
 import pytest
 
 from harness.events import Callback, Event
-from harness.model.expect import judge
 from harness.model.ops import ModelError, Op, parse_ops
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import A, K, M, PID, TraceBuilder
+from tests.unit.tracebuilder import A, K, M, TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR, UNMAP, PROT_VMA = Event.CLEAR, Event.UNMAP, Event.PROTECTION_VMA
@@ -15,14 +14,11 @@ BOTH = pytest.mark.parametrize("f", [V61, V612], ids=["6.1", "6.12"])
 
 
 def finish(tb: TraceBuilder, ops: list[Op], f) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def mapping(tb: TraceBuilder, size: int, thp: bool = False, name: str = "A") -> Op:
-    return tb.op("map", tb.tick(), name=name, start=A, end=A + size, thp=thp,
-                 anon_huge_kb=(size // (2 * M)) * 2048 if thp else 0)
+    return tb.mapping(size, thp, name)
 
 
 def bitmap(pages: list[int], key: str, start: int = A) -> dict[str, int]:

@@ -5,10 +5,9 @@ each rule with the trace the kernel's source gives, and the same trace broken.""
 import pytest
 
 from harness.events import Event
-from harness.model.expect import judge
 from harness.model.ops import ModelError, Op
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import A, K, M, PID, TraceBuilder
+from tests.unit.tracebuilder import A, K, M, TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR, UNMAP = Event.CLEAR, Event.UNMAP
@@ -19,14 +18,11 @@ FIXED = 3          # MREMAP_MAYMOVE | MREMAP_FIXED
 
 
 def finish(tb: TraceBuilder, ops: list[Op], f) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def mapping(tb: TraceBuilder, size: int, thp: bool = False, start: int = A, name: str = "A") -> Op:
-    return tb.op("map", tb.tick(), name=name, start=start, end=start + size, thp=thp,
-                 anon_huge_kb=(size // (2 * M)) * 2048 if thp else 0)
+    return tb.mapping(size, thp, name, start)
 
 
 def mremap(tb: TraceBuilder, t0: int, s: int, e: int, ns: int, ne: int, flags: int = 0, huge_kb: int = 0) -> Op:

@@ -15,15 +15,11 @@ G = 1 << 30
 
 
 def mapping(tb: TraceBuilder, name: str, start: int, size: int, thp: bool = False) -> Op:
-    t0 = tb.tick()
-    return tb.op("map", t0, name=name, start=start, end=start + size, thp=thp,
-                 anon_huge_kb=(size // (2 * M)) * 2048 if thp else 0)
+    return tb.mapping(size, thp, name, start)
 
 
 def run(tb: TraceBuilder, ops: list[Op], f=V612) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def pmscan(tb: TraceBuilder, window: tuple[int, int] | None, ret: int = 0) -> list[Op]:

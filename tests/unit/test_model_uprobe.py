@@ -1,11 +1,10 @@
 """The uprobe family's rules: __replace_page's window each way, per version; a wrong trace fails."""
 
 from harness.events import Event
-from harness.model.expect import judge
 from harness.model.families.uprobe import INT3, replace_page_want
 from harness.model.ops import Op
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import PID, TraceBuilder
+from tests.unit.tracebuilder import TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR = Event.CLEAR
@@ -23,9 +22,7 @@ def probe_op(tb: TraceBuilder, kind: str, t0: int, vaddr: int = TEXT, byte: int 
 
 
 def run(tb: TraceBuilder, ops: list[Op], f=V612) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def on_off(f, on_pte: bool, off_pte: bool, ir: bool, **on_kw) -> list[str]:

@@ -5,10 +5,9 @@ each rule with the trace the kernel's source gives, and the same trace broken.""
 import pytest
 
 from harness.events import Event
-from harness.model.expect import judge
 from harness.model.ops import Op
 from harness.model.versions import features_for
-from tests.unit.tracebuilder import K, PID, TraceBuilder
+from tests.unit.tracebuilder import K, TraceBuilder
 
 V61, V612 = features_for((6, 1)), features_for((6, 12))
 CLEAR = Event.CLEAR
@@ -18,9 +17,7 @@ SOCK = 0x7FFFF7F00000
 
 
 def finish(tb: TraceBuilder, ops: list[Op], f) -> list[str]:
-    ops = ops + [tb.op("exit", tb.tick())]
-    tb.release()
-    return [x.rule for x in judge(tb.records, ops, PID, f).findings]
+    return tb.rules(ops, f)
 
 
 def timens(tb: TraceBuilder, t0: int, clock_ok: int = 1) -> Op:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Optional
 
 from harness.events import Callback, Event, Record, Subscriber
+from harness.model.expect import judge
 from harness.model.ops import Op
+from harness.model.versions import Features
 
 PID = 100
 A = 0x7E0000000000          # where mmops puts its first mapping
@@ -57,3 +59,14 @@ class TraceBuilder:
     def op(self, kind: str, t0: int, **kw) -> Op:
         """An operation spanning from t0 to now."""
         return Op(kind=kind, t0=t0, t1=self.tick(), **kw)
+
+    def mapping(self, size: int, thp: bool = False, name: str = "A", start: int = A) -> Op:
+        """mmops's map operation: `size` bytes at `start`, touched, THP-backed when `thp`."""
+        return self.op("map", self.tick(), name=name, start=start, end=start + size, thp=thp,
+                       anon_huge_kb=(size // (2 * M)) * 2048 if thp else 0)
+
+    def rules(self, ops: list[Op], f: Features) -> list[str]:
+        """The model's findings' rules on this trace for `ops`, with the workload's exit and release."""
+        ops = ops + [self.op("exit", self.tick())]
+        self.release()
+        return [x.rule for x in judge(self.records, ops, PID, f).findings]
