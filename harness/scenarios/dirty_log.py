@@ -122,6 +122,19 @@ class DirtyLogMachine(VmmMachine):
         self.call("write", pages=pages, value=value, index=int(index))
         self.model.write(pages, value, index)
 
+    @rule(value=st.integers(1, 0xFFFFFFFF))
+    @watched
+    def write_all(self, value: int) -> None:
+        """The L2 writes every page of the slot, as the guest of the kernel's dirty_log_test does
+        between two harvests.  A page written, harvested and cleared is written again only by
+        chance through `write`'s few random pages; this way every page is, so a CLEAR that left
+        any page writable shows in the next GET.  A slot of 1000 pages on 6.1 with the upper half
+        of each word left writable passed 200 examples without it."""
+        assert self.model
+        pages = list(range(self.model.npages))
+        self.call("write", pages=pages, value=value, index=1)
+        self.model.write(pages, value, True)
+
     @rule(data=st.data())
     @watched
     def read(self, data: st.DataObject) -> None:
@@ -187,6 +200,17 @@ class DirtyLogMachine(VmmMachine):
         if self.model.logging:
             n = self.model.npages
             self._clear(1, 0, n, self.last_get, bitmap_bytes(n) * 8)
+
+    @rule(value=st.integers(1, 0xFFFFFFFF))
+    @watched
+    def harvest(self, value: int) -> None:
+        """One round of dirty_log_test's clear-log loop, checked on the whole slot: the L2 writes
+        every page, GET, CLEAR what GET returned, the L2 writes every page again, GET: every page
+        the CLEAR protected again must be logged by the second write."""
+        self.write_all(value)
+        self.get_then_clear_all()
+        self.write_all(value ^ 0xFFFFFFFF or 1)
+        self.get(1)
 
     @rule(data=st.data(), slot=st.one_of(st.just(1), st.sampled_from(SLOT_IDS)))
     @watched

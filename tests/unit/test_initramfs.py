@@ -44,6 +44,12 @@ def test_manifest_layout(tmp_path):
     man = ir.make_manifest(REL, make_module_tree(tmp_path / "mods", REL, xz=True))
     assert man.symlinks["init"] == "bin/busybox"
     assert man.files["etc/init.d/rcS"].name == "rcS"
+    assert man.files["etc/fstab"].name == "fstab"
+    # Only /bin/sh is linked in the image (the kernel runs rcS through it); no /sbin/modprobe for
+    # the kernel's early request_module() calls to start; init links the other applets itself.
+    assert sorted(k for k in man.symlinks if k.startswith("bin/")) == ["bin/sh"]
+    rcs = man.files["etc/init.d/rcS"].read_text()
+    assert rcs.index("/bin/busybox --install -s /bin") < rcs.index("modprobe")
     # The network's modules are loaded before sshd; the rest (none in this tree) after the ready marker.
     assert man.texts["etc/nh/network-modules"].split() == [
         "virtio_ring", "virtio", "virtio_pci", "failover", "net_failover", "virtio_net"]

@@ -44,3 +44,21 @@ def test_an_answered_exec_leaves_the_channel_open():
     _exec(chan, "true", 0.2)   # type: ignore[arg-type]
     time.sleep(0.3)
     assert not chan.closed.is_set()
+
+
+def test_the_connection_to_the_guest_has_nagle_off():
+    """paramiko's handshake and a command's stdin go out as small segments; with Nagle on, each
+    waits for the previous one's delayed ACK (40 ms), which tripled the handshake."""
+    import socket
+
+    from harness.vm.ssh import _nodelay_socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    try:
+        sock = _nodelay_socket(server.getsockname()[1])
+        try:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            sock.close()
+    finally:
+        server.close()
