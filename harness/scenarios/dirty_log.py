@@ -128,8 +128,7 @@ class DirtyLogMachine(VmmMachine):
         """The L2 writes every page of the slot, as the guest of the kernel's dirty_log_test does
         between two harvests.  A page written, harvested and cleared is written again only by
         chance through `write`'s few random pages; this way every page is, so a CLEAR that left
-        any page writable shows in the next GET.  A slot of 1000 pages on 6.1 with the upper half
-        of each word left writable passed 200 examples without it."""
+        any page writable shows in the next GET (README, "dirty-log", for what that found)."""
         assert self.model
         pages = list(range(self.model.npages))
         self.call("write", pages=pages, value=value, index=1)
