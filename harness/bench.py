@@ -118,7 +118,7 @@ def flood_peak_rss_mib(prepared: Prepared, config: Config, accel: AccelChoice, o
 BOOT_STEPS = {
     "firmware": "QEMU start to kernel start (firmware, loading, decompression)",
     "init": "kernel start to init",
-    "modules": "init to boot modules loaded",
+    "modules": "init to the network's modules loaded",
     "network": "modules to network up",
     "sshd": "network to sshd started",
     "ssh": "ready marker to SSH command answered",

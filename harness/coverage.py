@@ -36,6 +36,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from harness.guest_data import U64_MAX
 from harness.model.callsites import ENTRY_POINTS, JUDGED_BY, CallSite, SiteTable, frame_name, resolve_frames, sites_for
 from harness.printable import printable
+from harness.tracefs import collect_script
 
 TRACING = "/sys/kernel/tracing"
 INSTANCE = f"{TRACING}/instances/nh-cov"
@@ -86,11 +87,7 @@ SETUP_SCRIPT = (
 
 # Reads the stacks since the last collection and empties the buffer: the per-CPU stats (overruns:
 # stacks lost to a full buffer), a STATS_END line, then the trace.
-COLLECT_SCRIPT = (
-    f'I={INSTANCE}; [ -d "$I" ] || {{ echo "no $I: coverage was not set up" >&2; exit 1; }}; '
-    'echo 0 > "$I/tracing_on"; cat "$I"/per_cpu/cpu*/stats; '
-    f'echo {STATS_END}; cat "$I/trace"; echo > "$I/trace"; echo 1 > "$I/tracing_on"'
-)
+COLLECT_SCRIPT = collect_script(INSTANCE, STATS_END)
 
 # Removes the instance and the kprobes (KVM's `echo > kprobe_events` fails with EBUSY while they are
 # enabled anywhere, and would delete them otherwise).

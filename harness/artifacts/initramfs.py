@@ -37,8 +37,6 @@ BOOT_MODULES = REQUIRED_MODULES + ("pvpanic_mmio", "button", "evdev")
 EXTRA_MODULES = ("irqbypass", "kvm", "kvm_amd", "kvm_intel", "zram", "lzo", "lzo_rle")
 
 BUSYBOX = Path("/bin/busybox")
-# Applets the image links before init runs (see make_manifest).
-EARLY_APPLETS = ("sh",)
 DROPBEAR = Path("/usr/sbin/dropbear")
 DROPBEARKEY = Path("/usr/bin/dropbearkey")
 
@@ -112,8 +110,10 @@ def read_builtin(modules_dir: Path) -> set[str]:
             for line in f.read_text().splitlines() if line.strip()}
 
 
-def select_modules(index: ModuleIndex, builtin: set[str], release: str) -> tuple[list[ModuleFile], list[str]]:
-    """The module files to ship, dependencies first, and the boot list.
+def select_modules(index: ModuleIndex, builtin: set[str],
+                   release: str) -> tuple[list[ModuleFile], list[str], list[str]]:
+    """The module files to ship, dependencies first, and the boot lists: the network's modules (loaded before
+    sshd) and the rest (after the ready marker).
 
     A required module that is neither a module nor built in is an error; an
     optional one is simply left out (the scenario needing it says so later).
@@ -130,7 +130,9 @@ def select_modules(index: ModuleIndex, builtin: set[str], release: str) -> tuple
             raise ArtifactError(f"module {mod.path} was built for {magic or 'an unknown release'}, "
                                 f"not {release}")
     boot_names = {m.name for m in index.closure([n for n in BOOT_MODULES if n in index])}
-    return mods, [m.name for m in mods if m.name in boot_names]
+    network = {m.name for m in index.closure([n for n in REQUIRED_MODULES if n in index])}
+    boot = [m.name for m in mods if m.name in boot_names]
+    return mods, [n for n in boot if n in network], [n for n in boot if n not in network]
 
 
 def make_manifest(release: str, modules_dir: Path,
@@ -150,9 +152,7 @@ def make_manifest(release: str, modules_dir: Path,
     # some 270 symlinks cost 0.13-0.2 s before init, `busybox --install -s` 0.01 s; and a
     # /sbin/modprobe present while the kernel boots made each of its early request_module() calls
     # (for modules this image does not have) start a process, 0.15 s in all, before /init ran.
-    for applet in EARLY_APPLETS:
-        man.symlinks[f"bin/{applet}"] = "busybox"
-    man.symlinks.update({"init": "bin/busybox", "sbin": "bin", "usr/bin": "../bin", "usr/sbin": "../bin"})
+    man.symlinks.update({"bin/sh": "busybox", "init": "bin/busybox", "sbin": "bin", "usr/bin": "../bin", "usr/sbin": "../bin"})
 
     init = GUEST_DIR / "init"
     man.files["etc/inittab"] = init / "inittab"
@@ -166,7 +166,7 @@ def make_manifest(release: str, modules_dir: Path,
     man.texts["etc/profile"] = "export PATH=/bin PS1='[nh \\w]# '\n"
 
     index = ModuleIndex.scan(modules_dir)
-    mods, boot = select_modules(index, read_builtin(modules_dir), release)
+    mods, network, after_ready = select_modules(index, read_builtin(modules_dir), release)
     moddir = f"lib/modules/{release}"
     dep_lines = []
     for mod in mods:
@@ -177,10 +177,9 @@ def make_manifest(release: str, modules_dir: Path,
     man.texts[f"{moddir}/modules.dep"] = "\n".join(dep_lines) + "\n"
     # The network's modules before sshd, the rest (pvpanic, the power button) after the ready
     # marker: SSH is what the harness waits for.
-    network = {m.name for m in index.closure([n for n in REQUIRED_MODULES if n in index])}
     # One line each: init reads them with the shell's `read`, without starting a process.
-    man.texts["etc/nh/network-modules"] = " ".join(name for name in boot if name in network) + "\n"
-    man.texts["etc/nh/boot-modules"] = " ".join(name for name in boot if name not in network) + "\n"
+    man.texts["etc/nh/network-modules"] = " ".join(network) + "\n"
+    man.texts["etc/nh/boot-modules"] = " ".join(after_ready) + "\n"
     for guest, host in (extra_files or {}).items():
         man.files[guest] = host
         man.executables.add(guest)

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.errors import GuestError
-from harness.events import KVM_EVENTS, TraceEvent, parse_overruns, parse_trace
+from harness.events import KVM_EVENTS, TraceEvent, parse_trace
 from harness.guest import Guest
 from harness.guest_data import GuestDataError
+from harness.tracefs import split_collection
 
 TRACING = "/sys/kernel/tracing"
 # kprobe event name -> the kernel function it watches (group "nh").
@@ -64,10 +65,7 @@ class KvmTrace:
         script = (f"cd {TRACING}; echo 0 > tracing_on; cat per_cpu/cpu*/stats; echo {STATS_END}; cat trace; "
                   f"echo 0 > events/enable; {_REMOVE_KPROBES}echo > trace; echo 1408 > buffer_size_kb")
         out = self.guest.check(["sh", "-c", script])
-        stats, marker, trace = out.partition(STATS_END + "\n")
-        if not marker:
-            raise GuestDataError("ftrace", f"no {STATS_END!r} line between the per-CPU stats and the trace", out)
-        self.overruns = parse_overruns(stats, f"{TRACING}/per_cpu/cpu*/stats")
+        self.overruns, trace = split_collection(out, TRACING, STATS_END, "ftrace")
         return parse_trace(trace, f"{TRACING}/trace")
 
 

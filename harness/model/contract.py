@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from harness.events import Callback, Event, Record, Subscriber
 from harness.model.findings import Finding, window_around
-from harness.model.versions import Features
+from harness.model.versions import GIB, P4D_SIZE, Features
 
 PAGE = 4096
 # mmu_notifier_range_init(..., 0, -1UL): the whole address space, whose end is not page-aligned.
@@ -99,6 +99,10 @@ def _contains(outer: tuple[int, int], start: int, end: int) -> bool:
     return outer[0] <= start and end <= outer[1]
 
 
+# What one 5-level P4D table maps (256 TiB): the widest flush a freed table can start.
+P4D_5LEVEL_SPAN = 1 << 48
+
+
 def _gather_range(pair: Pair, flush_start: int) -> tuple[int, int]:
     """What 6.1's mmu_gather may flush after this window closed (see the module docstring), for a flush
     that starts at `flush_start`."""
@@ -107,7 +111,7 @@ def _gather_range(pair: Pair, flush_start: int) -> tuple[int, int]:
         # A freed PTE table (2 MiB) or PMD table (1 GiB) below the range; a freed PUD table (512 GiB) or,
         # with 5-level paging (a tree's defconfig has it), a P4D table (256 TiB) flushes from its own
         # boundary, 512 GiB-aligned.
-        top = 1 << 48 if flush_start % (1 << 39) == 0 else 1 << 30
+        top = P4D_5LEVEL_SPAN if flush_start % P4D_SIZE == 0 else GIB
         start &= ~(top - 1)
     return start, end
 

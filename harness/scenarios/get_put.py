@@ -26,10 +26,10 @@ from harness.events import Callback, Record, parse_records
 from harness.guest import Guest
 from harness.guest_data import MAX_ERRNO, GuestDataError, field, int_field, parse_json_lines
 from harness.model.get_put import GetPutJudgement, judge_get_put
-from harness.model.ops import parse_ops
 from harness.model.versions import Features
 from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
-from harness.scenarios.probe import ProbeStats, WorkloadRun, format_finding, judge_run, load_probe, mmops_source
+from harness.scenarios.probe import (ProbeStats, WorkloadRun, format_finding, judge_run, load_probe, mmops_source,
+                                     parse_mmops_ops)
 from harness.verdict import Verdict
 
 EVENTS_FILE = "/tmp/nh-getput.bin"
@@ -146,7 +146,7 @@ def run_plan(guest: Guest, plan: Plan) -> GetPutRun:
     if not events.ok:
         raise GuestError(f"{plan.name}: reading {EVENTS_FILE} failed: {events.stderr.strip()[:300]}")
     records = parse_records(events.stdout_bytes, f"{plan.name}: {EVENTS_FILE}")
-    pid, ops = parse_ops(lines, source=mmops_source(plan.name), max_range=guest.memory_mib << 20)
+    pid, ops = parse_mmops_ops(guest, lines, mmops_source(plan.name))
     workload = WorkloadRun(name=plan.name, lines=lines, pid=pid, ops=ops, records=records, stats=stats)
     return GetPutRun(plan=plan, steps=steps, workload=workload)
 

@@ -23,10 +23,9 @@ from harness.artifacts.guest_build import MMOPS, NHCTL
 from harness.errors import GuestError
 from harness.guest import Guest
 from harness.guest_data import field, parse_int, parse_json_lines
-from harness.model.ops import parse_ops
 from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.mm import ProbeScenario, Script
-from harness.scenarios.probe import WorkloadRun, detach_and_drain, judge_run, mmops_source
+from harness.scenarios.probe import WorkloadRun, detach_and_drain, judge_run, mmops_source, parse_mmops_ops
 from harness.verdict import Verdict
 
 NR_HUGEPAGES = "/proc/sys/vm/nr_hugepages"
@@ -92,7 +91,7 @@ def run_steal(guest: Guest) -> WorkloadRun:
         errors = [field(line, "error", str, source)[:300] for line in lines if "error" in line]
         raise GuestError(f"{STEAL.name}: workload exited with status {result.exit_status}"
                          f"{': ' + errors[0] if errors else ''}")
-    pid, ops = parse_ops(lines, source=source, max_range=guest.memory_mib << 20)
+    pid, ops = parse_mmops_ops(guest, lines, source)
     return WorkloadRun(name=STEAL.name, lines=lines, pid=pid, ops=ops, records=records, stats=stats)
 
 

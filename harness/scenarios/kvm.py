@@ -21,10 +21,10 @@ from harness.kvm.ftrace import KPROBES, KvmTrace
 from harness.kvm.vmm import Vmm
 from harness.model.dirty_log import expected_values_problem
 from harness.model.kvm_notifier import cross_check
-from harness.model.ops import USER_ADDR_LIMIT, Op, parse_ops
+from harness.model.ops import USER_ADDR_LIMIT, Op
 from harness.scenarios.base import KVM_NEEDS, PROBE_NEEDS, TRACE_NEEDS, NeedsKvm, ScenarioContext
 from harness.scenarios.memcg import Memcg
-from harness.scenarios.probe import ProbeStats, detach_and_drain, load_probe, stream_problems
+from harness.scenarios.probe import ProbeStats, detach_and_drain, load_probe, parse_mmops_ops, stream_problems
 from harness.verdict import Verdict
 
 PAGE = 4096
@@ -68,7 +68,7 @@ def mmops_on_vmm(guest: Guest, step: str, timeout: float, what: str) -> Op:
     source = f"mmops {kind}"
     lines = parse_json_lines(result.stdout, source)
     # mmops's own error line raises here
-    ops = parse_ops(lines, source=source, max_range=guest.memory_mib << 20)[1] if lines else []
+    ops = parse_mmops_ops(guest, lines, source)[1] if lines else []
     if not result.ok or not ops or ops[0].kind != kind:
         raise GuestError(f"{what} failed: {said}")
     return ops[0]
@@ -96,7 +96,7 @@ def judge_observation(ctx: ScenarioContext, obs: Observation, slot: tuple[int, i
     return findings, notes
 
 
-def _read_check(vmm: Vmm, pages: list[int], expected: list[int], when: str) -> list[str]:
+def read_check(vmm: Vmm, pages: list[int], expected: list[int], when: str) -> list[str]:
     got = int_list_field(vmm.call("read", pages=pages), "values", "minivmm read", lo=0, hi=0xFFFFFFFF)
     problem = expected_values_problem(pages, expected, got)
     return [f"{when}: {problem}"] if problem else []
@@ -106,7 +106,7 @@ def _stats(vmm: Vmm) -> dict[str, int]:
     return int_map_field(vmm.call("stats"), "stats", "minivmm stats")
 
 
-def _slot(created: dict[str, Any]) -> tuple[int, int]:
+def slot_of(created: dict[str, Any]) -> tuple[int, int]:
     """The test slot's host range, from minivmm's answer to create."""
     hva = int_field(created, "hva", "minivmm create", lo=0, hi=USER_ADDR_LIMIT)
     pages = int_field(created, "pages", "minivmm create", lo=1, hi=(USER_ADDR_LIMIT - hva) // PAGE)
@@ -150,11 +150,11 @@ class KvmThpSplit(NeedsKvm):
 
             obs = observe(ctx.guest, vmm.pid, split)
             expected = [0 if p == dropped else base + p for p in pages]
-            findings += _read_check(vmm, pages, expected, "after the split")
+            findings += read_check(vmm, pages, expected, "after the split")
         if after.get("pages_2m", 0) >= before["pages_2m"]:
             findings.append(f"pages_2m did not fall: {before['pages_2m']} before the split, "
                             f"{after.get('pages_2m')} after")
-        cross, notes = judge_observation(ctx, obs, _slot(created), need=("unmap",))
+        cross, notes = judge_observation(ctx, obs, slot_of(created), need=("unmap",))
         notes.insert(0, f"KVM stats before: pages_2m {before['pages_2m']}, pages_4k {before.get('pages_4k')}; "
                         f"after the split: pages_2m {after.get('pages_2m')}, pages_4k {after.get('pages_4k')}")
         return Verdict.from_findings(findings + cross, notes)
@@ -180,9 +180,9 @@ class KvmKsm(NeedsKvm):
 
             def merge_and_write() -> None:
                 merged.append(self._merge(ctx.guest, vmm.pid, cfg.ksm_timeout_s))
-                findings.extend(_read_check(vmm, pages, [value] * npages, "after ksmd merged the pages"))
+                findings.extend(read_check(vmm, pages, [value] * npages, "after ksmd merged the pages"))
                 vmm.call("write", pages=[written], value=new)
-                findings.extend(_read_check(vmm, pages, [new if p == written else value for p in pages],
+                findings.extend(read_check(vmm, pages, [new if p == written else value for p in pages],
                                             f"after the L2 wrote page {written}"))
 
             obs = observe(ctx.guest, vmm.pid, merge_and_write)
@@ -191,7 +191,7 @@ class KvmKsm(NeedsKvm):
             findings.append(f"ksmd merged none of the {npages} identical pages in {cfg.ksm_timeout_s:.0f} s "
                             f"(full_scans {ksmd.full_scans_before} -> {ksmd.full_scans})")
         need = ("unmap", "set_spte") if ctx.features.kvm_set_spte_hva else ("unmap",)
-        cross, notes = judge_observation(ctx, obs, _slot(created), need=need)
+        cross, notes = judge_observation(ctx, obs, slot_of(created), need=need)
         notes.insert(0, f"ksm_merging_pages {ksmd.merging_pages} of {npages}, full_scans "
                         f"{ksmd.full_scans_before} -> {ksmd.full_scans}")
         return Verdict.from_findings(findings + cross, notes)
@@ -245,7 +245,7 @@ class KvmOom(NeedsKvm):
             elif len(seen) != 1:
                 findings.append(f"{name} (kprobe on {KPROBES[name]}) hit {len(seen)} times; expected once "
                                 f"for the VMM's one VM")
-        cross, notes = judge_observation(ctx, obs, _slot(created), need=())
+        cross, notes = judge_observation(ctx, obs, slot_of(created), need=())
         notes.insert(0, f"memory.events {events}, memory.current after {current}; VMM exit status {vmm.exit_status}; "
                         f"KVM release by {kvm_release[0].comm + '-' + str(kvm_release[0].pid) if kvm_release else '-'}, "
                         f"VM destroyed by {destroyed[0].comm + '-' + str(destroyed[0].pid) if destroyed else '-'}")

@@ -18,7 +18,7 @@ from harness.kvm.vmm import Vmm
 from harness.model.families.migrate import judge_foreign_move
 from harness.model.ops import HPAGE, Op
 from harness.scenarios.base import KVM_NEEDS, PROBE_NEEDS, TRACE_NEEDS, NeedsKvm, ScenarioContext
-from harness.scenarios.kvm import _read_check, _slot, judge_observation, mmops_on_vmm, observe
+from harness.scenarios.kvm import judge_observation, mmops_on_vmm, observe, read_check, slot_of
 from harness.scenarios.migrate import numa_setup
 from harness.verdict import Verdict
 
@@ -51,13 +51,13 @@ class KvmMigrate(NeedsKvm):
             moved: list[Op] = []
             with Vmm(ctx.guest) as vmm:
                 created = vmm.call("create", pages=npages, flags=0, thp=thp)
-                slot = _slot(created)
+                slot = slot_of(created)
                 vmm.call("write", pages=pages, value=base, index=1)
 
                 def migrate() -> None:
                     moved.append(move_vmm_pages(ctx.guest, vmm.pid, *slot))
                     findings.extend(f"thp {thp}: {p}" for p in
-                                    _read_check(vmm, pages, [base + p for p in pages], "after the migration"))
+                                    read_check(vmm, pages, [base + p for p in pages], "after the migration"))
 
                 obs = observe(ctx.guest, vmm.pid, migrate)
             op = moved[0]

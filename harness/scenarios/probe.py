@@ -92,6 +92,11 @@ class WorkloadRun:
         return only([op for op in self.ops if op.kind == kind], f"{kind!r} operation", mmops_source(self.name))
 
 
+def parse_mmops_ops(guest: Guest, lines: list[dict[str, Any]], source: str) -> tuple[int, list[Op]]:
+    """mmops's operation lines: (its pid, its ops), no op's range wider than the guest's memory."""
+    return parse_ops(lines, source=source, max_range=guest.memory_mib << 20)
+
+
 def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[str] = (),
               timeout: float = 120.0, killed_by: int = 0) -> WorkloadRun:
     """Run mmops under the probe.  `killed_by`: the signal the workload is meant to die of (the OOM
@@ -109,7 +114,7 @@ def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[s
     if (stats.exit_status, stats.signal) != ((-1, killed_by) if killed_by else (0, 0)):
         raise GuestError(_workload_ending(name, stats, lines, killed_by))
     records = parse_records(guest.run(["cat", EVENTS_FILE]).stdout_bytes, f"{name}: {EVENTS_FILE}")
-    pid, ops = parse_ops(lines[:-1], source=source, max_range=guest.memory_mib << 20)
+    pid, ops = parse_mmops_ops(guest, lines[:-1], source)
     return WorkloadRun(name=name, lines=lines, pid=pid, ops=ops, records=records, stats=stats)
 
 

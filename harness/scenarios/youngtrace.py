@@ -170,7 +170,6 @@ class YoungTrace:
     args: str = ""                        # "btf" or "6.1": how the primaries read vma->vm_mm
     unavailable: str = ""                 # why the trace could not be set up (then stop() returns [])
     overruns: int = 0
-    hits: list[Hit] = field(default_factory=list)
     active: bool = False                  # the probes are in place
 
     def start(self) -> None:
@@ -210,8 +209,7 @@ class YoungTrace:
         if self.overruns:
             raise GuestError(f"the young-bit trace lost {self.overruns} events to a full buffer; the pairing "
                              f"cannot be judged")
-        self.hits = parse_hits(trace, f"{INSTANCE}/trace")
-        return self.hits
+        return parse_hits(trace, f"{INSTANCE}/trace")
 
     def __enter__(self) -> "YoungTrace":
         self.start()

@@ -91,11 +91,7 @@ def _nodelay_socket(port: int) -> socket.socket:
     segment waits for the first one's delayed ACK (40 ms on Linux), which made the handshake
     three to ten times slower than the guest's side of it."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        sock.close()
-        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 
@@ -121,10 +117,9 @@ class SshSession:
             client = paramiko.SSHClient()
             client.get_host_keys().add(f"[127.0.0.1]:{port}", host_key.split()[0], _host_key(host_key))
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
-            sock: Optional[socket.socket] = None
             try:
-                sock = _nodelay_socket(port)
-                client.connect("127.0.0.1", port=port, username="root", pkey=key, sock=sock,
+                # paramiko's Transport owns the socket from here: client.close() closes it.
+                client.connect("127.0.0.1", port=port, username="root", pkey=key, sock=_nodelay_socket(port),
                                timeout=5, banner_timeout=5, auth_timeout=5,
                                allow_agent=False, look_for_keys=False)
                 client.get_transport().set_keepalive(5)  # type: ignore[union-attr]
@@ -135,8 +130,6 @@ class SshSession:
                 raise GuestError(f"guest SSH host key does not match the initramfs's: {e}") from None
             except (OSError, paramiko.SSHException, EOFError) as e:
                 client.close()
-                if sock is not None:
-                    sock.close()
                 last = e
                 time.sleep(0.05)
         raise GuestError(f"SSH to 127.0.0.1:{port} failed for {timeout:.0f} s: {type(last).__name__}: {last}")

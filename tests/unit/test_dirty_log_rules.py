@@ -72,11 +72,18 @@ class FakeKvm:
             self.writable -= {word + i for i in range(WORD) if mask >> i & 1}
 
 
-def harvest_loop(kvm: FakeKvm, monkeypatch: pytest.MonkeyPatch, pages: int = 128) -> None:
-    """dirty_log_test's loop: the L2 writes the slot, the log is harvested and cleared, twice."""
+def machine_on(kvm: FakeKvm, monkeypatch: pytest.MonkeyPatch, pages: int) -> DirtyLogMachine:
+    """The scenario's state machine on `kvm`, its VM created with logging on and manual protect."""
     monkeypatch.setattr(DirtyLogMachine, "session", Session(kvm), raising=False)  # type: ignore[arg-type]
     machine = DirtyLogMachine()
     machine.create(npages=pages, cap=1, logging=True, thp="never")
+    return machine
+
+
+def harvest_loop(kvm: FakeKvm, monkeypatch: pytest.MonkeyPatch, pages: int = 128) -> None:
+    """dirty_log_test's loop: the L2 writes the slot, the log is harvested and cleared, three
+    times, then one harvest round."""
+    machine = machine_on(kvm, monkeypatch, pages)
     for value in (7, 9, 11):
         machine.write_all(value=value)
         machine.get_then_clear_all()
@@ -90,9 +97,7 @@ def test_write_all_finds_a_clear_that_left_pages_writable(monkeypatch):
 
 
 def test_one_harvest_round_finds_it(monkeypatch):
-    monkeypatch.setattr(DirtyLogMachine, "session", Session(FakeKvm(bug=True)), raising=False)  # type: ignore[arg-type]
-    machine = DirtyLogMachine()
-    machine.create(npages=64, cap=1, logging=True, thp="never")
+    machine = machine_on(FakeKvm(bug=True), monkeypatch, 64)
     with pytest.raises(AssertionError, match=r"are clear: pages \{32, 33, 34"):
         machine.harvest(value=5)
 

@@ -28,7 +28,7 @@ from harness.scenarios.aging import Aging
 from harness.scenarios.base import ScenarioContext
 from harness.scenarios.dirty_log import Answer, explore
 from harness.scenarios.ksm import Ksm
-from harness.scenarios.kvm import KvmKsm, _failed, _read_check, _slot, _stats
+from harness.scenarios.kvm import KvmKsm, _failed, _stats, read_check, slot_of
 from harness.scenarios.memcg import Memcg
 from harness.scenarios.oom import MemcgOom
 from harness.scenarios.probe import detach_and_drain, load_probe, run_mmops
@@ -277,12 +277,12 @@ def test_minivmm_answers_without_the_fields_read():
             '{"op": "read", "ret": 0, "errno": 0}',
             '{"op": "stats", "ret": 0, "errno": 0, "stats": {"pages_2m": "x"}}',
             '{"op": "stats", "ret": 0, "errno": 0, "stats": [1]}')
-    refused(lambda: _read_check(v, [0, 1], [1, 2], "now"), "minivmm read")
-    refused(lambda: _read_check(v, [0, 1], [1, 2], "now"), "minivmm read")
+    refused(lambda: read_check(v, [0, 1], [1, 2], "now"), "minivmm read")
+    refused(lambda: read_check(v, [0, 1], [1, 2], "now"), "minivmm read")
     refused(lambda: _stats(v), "minivmm stats")
     refused(lambda: _stats(v), "minivmm stats")
-    refused(lambda: _slot({"op": "create", "pages": 8}), "minivmm create")
-    refused(lambda: _slot({"op": "create", "hva": 2**46, "pages": 2**40}), "minivmm create")
+    refused(lambda: slot_of({"op": "create", "pages": 8}), "minivmm create")
+    refused(lambda: slot_of({"op": "create", "hva": 2**46, "pages": 2**40}), "minivmm create")
     refused(lambda: _failed({"op": "madvise", "ret": -1}), "minivmm madvise")
     refused(lambda: _failed({"op": "madvise", "ret": -1, "errno": 99999}), "minivmm madvise")
 
