@@ -40,11 +40,7 @@ static struct {
 
 static size_t whole_pages(const char *op, const char *s)
 {
-	size_t v = parse_size(op, s);
-
-	if (v % PAGE)
-		fail(op, "offsets, lengths and sizes are whole pages", 0);
-	return v;
+	return parse_aligned(op, s, PAGE, "offsets, lengths and sizes are whole pages");
 }
 
 /* The mapping NAME, which must be one fmap made. */

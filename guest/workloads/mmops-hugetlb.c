@@ -60,11 +60,7 @@ static struct {
 
 static size_t huge_pages(const char *op, const char *s)
 {
-	size_t v = parse_size(op, s);
-
-	if (v % HPAGE)
-		fail(op, "offsets and lengths are whole 2 MiB pages", 0);
-	return v;
+	return parse_aligned(op, s, HPAGE, "offsets and lengths are whole 2 MiB pages");
 }
 
 static struct mapping *huge_map(const char *op, const char *name)

@@ -117,6 +117,16 @@ size_t parse_size(const char *op, const char *s)
 	return v;
 }
 
+/* A size that must be a multiple of `align`; `what` says so when it is not. */
+size_t parse_aligned(const char *op, const char *s, size_t align, const char *what)
+{
+	size_t v = parse_size(op, s);
+
+	if (v % align)
+		fail(op, what, 0);
+	return v;
+}
+
 struct mapping *find(const char *op, const char *name)
 {
 	for (int i = 0; i < nmaps; i++)
@@ -387,6 +397,8 @@ static void op_cow(char **f, int n)
 		fail("cow", "usage cow:NAME:OFF", 0);
 	m = find("cow", f[1]);
 	addr = m->start + parse_size("cow", f[2]);
+	if (addr >= m->start + m->size)
+		fail("cow", "OFF inside the mapping", 0);
 	if (pipe(pipefd))
 		fail("cow", "pipe", errno);
 	printf("{\"op\": \"cow-vmas\", \"private_vmas\": ");

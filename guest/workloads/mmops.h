@@ -36,6 +36,7 @@ uint64_t now_ns(void);
 /* Print {"op": OP, "error": ...} and exit(1). */
 void fail(const char *op, const char *what, int err) __attribute__((noreturn));
 size_t parse_size(const char *op, const char *s);
+size_t parse_aligned(const char *op, const char *s, size_t align, const char *what);
 struct mapping *find(const char *op, const char *name);
 /* OP:NAME:OFF:LEN: mapping NAME, *start its start + OFF, *len LEN (not checked against its size). */
 struct mapping *range_of(char **f, int n, uintptr_t *start, size_t *len);
