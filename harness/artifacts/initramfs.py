@@ -23,7 +23,7 @@ from harness.artifacts.publish import publish
 from harness.errors import ArtifactError
 
 # Bump when the layout or the way files are staged changes.
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 
 GUEST_DIR = Path(__file__).resolve().parent.parent.parent / "guest"
 

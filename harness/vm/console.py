@@ -125,6 +125,7 @@ class Console:
         self.panicked = threading.Event()
         self.init_failures: list[str] = []
         self.boot_steps: dict[str, float] = {}   # init's step -> the kernel's uptime when it ended
+        self.settled = threading.Event()   # init's last step: acpid listens for the power button
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="console", daemon=True)
         self._thread.start()
@@ -168,6 +169,8 @@ class Console:
                     step, _, uptime = self._matched().removeprefix("NH-INIT: at ").partition(" ")
                     if len(self.boot_steps) < 16:
                         self.boot_steps[step] = float(uptime)
+                    if step == "settled":
+                        self.settled.set()
                 elif i == 4:
                     break
                 else:

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_QEMU = "qemu-system-x86_64"
 POWERDOWN_TIMEOUT_S = 10.0
 QUIT_TIMEOUT_S = 5.0
+# init starts acpid after the ready marker; a power button pressed before acpid listens is lost.
+SETTLE_TIMEOUT_S = 5.0
 # How long a dropped SSH connection waits for QEMU's exit to explain it.
 ACCOUNT_WAIT_S = 1.0
 # Another process can take the forwarded port between free_port() and QEMU's bind: try a new one.
@@ -344,9 +346,14 @@ class Machine:
 
         A guest that never became ready has no acpid to hear the power
         button yet, and a lost one (panicked, hung) will not answer it:
-        both go straight to `quit` (`soft=False`).
+        both go straight to `quit` (`soft=False`).  A ready one is pressed
+        once init says acpid listens (`settled`), so the press is not lost
+        to a guest stopped right after boot.
         """
         ready = self._ssh is not None and soft
+        if ready and self.console is not None and not self.console.wait(self.console.settled, SETTLE_TIMEOUT_S):
+            logger.debug("guest init did not settle (acpid) in %.0f s: no power button", SETTLE_TIMEOUT_S)
+            ready = False
         try:
             if self._ssh is not None:
                 self._ssh.close()
