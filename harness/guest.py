@@ -7,7 +7,7 @@ builds QEMU command lines and never shuts the machine down.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence, Union
 
 from harness.errors import CommandTimeout, GuestError
@@ -27,6 +27,9 @@ class Guest:
     budget_s: float = 0.0
     # Raises MachineLost when the machine is gone (the runner passes Machine.check_health).
     watch: Optional[Callable[[], None]] = None
+    # What the guest's tools said about how the running scenario's commands went, for its row's
+    # notes (the runner empties it before each scenario).
+    notes: list[str] = field(default_factory=list)
 
     def start_budget(self, seconds: float) -> None:
         self.budget_s = seconds

@@ -358,6 +358,7 @@ class Run:
         hits: Optional[Hits] = None
         notes: list[str] = []
         try:
+            guest.notes.clear()
             taint_before = self._mark(guest, f"begin {sc.name}")
             guest.start_budget(sc.timeout_s)
             try:
@@ -404,7 +405,7 @@ class Run:
         artifacts = str(sdir.relative_to(self.out_dir))
         self.consoles[artifacts] = text[-JUNIT_CONSOLE_BYTES:]
         verdict = judge_health(verdict, lost, reports, taint_before, taint_after)
-        notes = [*verdict.notes, *notes]
+        notes = [*verdict.notes, *notes, *guest.notes]
         if sc.probe_corrupt != "off":
             notes.append(f"the probe ran with corrupt={sc.probe_corrupt}: findings are expected")
         if not ctx.features.verified:

@@ -39,8 +39,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "nh_probe.h"
@@ -185,9 +187,60 @@ static int join_cgroup(const char *dir)
 	return ok ? 0 : -1;
 }
 
-/* Start argv[0] (joining `cgroup` first, if given); returns once it has exec'd. */
-static pid_t spawn(int fd, char **argv, const char *cgroup)
+static uint64_t now_us(void)
 {
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/*
+ * The exec pipe's EOF says the workload's exec closed it, and the kernel closes close-on-exec
+ * files only after installing the new mm (begin_new_exec: exec_mmap, then do_close_on_exec).
+ * Attaching to the mm before that would watch the copy of nhctl that exec then releases: a run
+ * with no fork, no COW and a release before the workload's exit.  So check it as well: until
+ * exec_mmap, /proc/PID/exe is nhctl's own file; from then on the program's (or, for a script,
+ * its interpreter's).  Returns the microseconds waited for that after the EOF (0: no wait),
+ * which the stats line carries; a workload already gone is left to the attach to report, and a
+ * workload that is nhctl itself cannot be told apart, so it is not waited for.
+ */
+static uint64_t await_exec(pid_t child, const char *program, ssize_t got, int read_errno)
+{
+	struct stat self, now;
+	char exe[64];
+	uint64_t start = now_us();
+	unsigned long tries;
+
+	if (stat("/proc/self/exe", &self))
+		die("stat /proc/self/exe", errno);
+	if (!stat(program, &now) && now.st_dev == self.st_dev && now.st_ino == self.st_ino)
+		return 0;
+	snprintf(exe, sizeof(exe), "/proc/%d/exe", (int)child);
+	for (tries = 0;; tries++) {
+		if (stat(exe, &now))
+			return 0;
+		if (now.st_dev != self.st_dev || now.st_ino != self.st_ino)
+			break;
+		if (now_us() - start > 10000000) {
+			kill(child, SIGKILL);
+			waitpid(child, NULL, 0);
+			die("the workload had not exec'd 10 s after its exec pipe said so", 0);
+		}
+		usleep(100);
+	}
+	if (!tries)
+		return 0;
+	fprintf(stderr, "nhctl: exec pipe read returned %zd (errno %d) before %s had exec'd\n",
+		got, read_errno, program);
+	return now_us() - start;
+}
+
+/* Start argv[0] (joining `cgroup` first, if given); returns once it has exec'd, with the
+ * microseconds it took to see that after the exec pipe's EOF in *late_us. */
+static pid_t spawn(int fd, char **argv, const char *cgroup, uint64_t *late_us)
+{
+	ssize_t got;
 	int status, execpipe[2], err = 0;
 	pid_t child;
 
@@ -216,11 +269,14 @@ static pid_t spawn(int fd, char **argv, const char *cgroup)
 		_exit(127);
 	}
 	close(execpipe[1]);
-	if (read(execpipe[0], &err, sizeof(err)) > 0) {
+	got = read(execpipe[0], &err, sizeof(err));
+	if (got > 0) {
 		waitpid(child, &status, 0);
 		die(WIFEXITED(status) && WEXITSTATUS(status) == 125 ? "join cgroup" : "exec workload", err);
 	}
+	status = errno;
 	close(execpipe[0]);
+	*late_us = await_exec(child, argv[0], got, got < 0 ? status : 0);
 	return child;
 }
 
@@ -239,7 +295,7 @@ static void attach_child(int fd, struct nh_attach *req, pid_t child)
 }
 
 /* Detach (with --hold, exit_mmap runs now), drain into `events`, print the counters and how it ended. */
-static void finish(int fd, const char *events, pid_t child, int status, uint32_t record_size)
+static void finish(int fd, const char *events, pid_t child, int status, uint32_t record_size, uint64_t late_us)
 {
 	char extra[256];
 	int out;
@@ -251,9 +307,10 @@ static void finish(int fd, const char *events, pid_t child, int status, uint32_t
 		die("open events file", errno);
 	drain(fd, out);
 	close(out);
-	snprintf(extra, sizeof(extra), ", \"pid\": %d, \"exit_status\": %d, \"signal\": %d, \"record_size\": %u",
+	snprintf(extra, sizeof(extra), ", \"pid\": %d, \"exit_status\": %d, \"signal\": %d, \"record_size\": %u"
+		 ", \"exec_late_us\": %" PRIu64,
 		 child, WIFEXITED(status) ? WEXITSTATUS(status) : -1, WIFSIGNALED(status) ? WTERMSIG(status) : 0,
-		 record_size);
+		 record_size, late_us);
 	print_stats(fd, extra);
 }
 
@@ -262,19 +319,20 @@ static int cmd_run(int fd, int argc, char **argv, int i)
 	struct nh_attach req = { 0 };
 	struct run_options run = { 0 };
 	int status;
+	uint64_t late_us;
 	pid_t child;
 
 	parse_options(argc, argv, &i, &req, &run);
 	if (!run.events || i >= argc)
 		die("usage: nhctl run --events FILE [options] -- PROGRAM ARGS", 0);
-	child = spawn(fd, &argv[i], run.cgroup);
+	child = spawn(fd, &argv[i], run.cgroup, &late_us);
 	attach_child(fd, &req, child);
 	if (waitpid(child, &status, 0) < 0)
 		die("waitpid", errno);
 	/* With --hold the mm outlives the task: give the OOM reaper its time. */
 	if (run.linger_ms > 0)
 		usleep(run.linger_ms * 1000);
-	finish(fd, run.events, child, status, req.record_size);
+	finish(fd, run.events, child, status, req.record_size, late_us);
 	return 0;
 }
 
@@ -347,6 +405,7 @@ static int cmd_getput(int fd, int argc, char **argv, int i)
 	struct step steps[GP_MAX_STEPS];
 	const char *events = NULL;
 	int nsteps = 0, runs = 0, status = 0;
+	uint64_t late_us;
 	pid_t child;
 
 	for (; i < argc && strcmp(argv[i], "--"); i++) {
@@ -363,11 +422,11 @@ static int cmd_getput(int fd, int argc, char **argv, int i)
 		runs += steps[k].kind == GP_RUN;
 	if (!events || i + 1 >= argc || runs != 1)
 		die("usage: nhctl getput --events FILE [--hold] STEP... (exactly one run) -- PROGRAM ARGS", 0);
-	child = spawn(fd, &argv[i + 1], NULL);
+	child = spawn(fd, &argv[i + 1], NULL, &late_us);
 	attach_child(fd, &req, child);
 	for (int k = 0; k < nsteps; k++)
 		do_step(fd, steps[k], child, &status);
-	finish(fd, events, child, status, req.record_size);
+	finish(fd, events, child, status, req.record_size, late_us);
 	return 0;
 }
 

@@ -29,7 +29,7 @@ from harness.model.get_put import GetPutJudgement, judge_get_put
 from harness.model.versions import Features
 from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
 from harness.scenarios.probe import (ProbeStats, WorkloadRun, format_finding, judge_run, load_probe, mmops_source,
-                                     parse_mmops_ops)
+                                     note_late_exec, parse_mmops_ops)
 from harness.verdict import Verdict
 
 EVENTS_FILE = "/tmp/nh-getput.bin"
@@ -142,6 +142,7 @@ def run_plan(guest: Guest, plan: Plan) -> GetPutRun:
             "--", MMOPS, *WORKLOAD]
     result = guest.run(argv, timeout=COMMAND_TIMEOUT)
     steps, lines, stats = parse_getput_output(plan, result.stdout)
+    note_late_exec(guest, plan.name, stats)
     events = guest.run(["cat", EVENTS_FILE])
     if not events.ok:
         raise GuestError(f"{plan.name}: reading {EVENTS_FILE} failed: {events.stderr.strip()[:300]}")

@@ -57,6 +57,8 @@ class ProbeStats:
     read: int
     exit_status: int = 0
     signal: int = 0
+    # How long after the exec pipe's EOF nhctl still saw the pre-exec program (0: not at all).
+    exec_late_us: int = 0
 
     @staticmethod
     def parse(line: Mapping[str, Any], source: str, workload: bool) -> "ProbeStats":
@@ -70,7 +72,8 @@ class ProbeStats:
         if not workload:
             return stats
         return replace(stats, exit_status=int_field(line, "exit_status", source, lo=-1, hi=255),
-                       signal=int_field(line, "signal", source, lo=0, hi=127))
+                       signal=int_field(line, "signal", source, lo=0, hi=127),
+                       exec_late_us=int_field(line, "exec_late_us", source, default=0, lo=0, hi=U64_MAX))
 
 
 def mmops_source(run: str) -> str:
@@ -111,11 +114,20 @@ def run_mmops(guest: Guest, name: str, script: Sequence[str], attach: Sequence[s
                                                              or f"exit status {result.exit_status}")
         raise GuestError(f"{name}: nhctl failed: {detail}")
     stats = ProbeStats.parse(lines[-1], f"{name}: nhctl run", workload=True)
+    note_late_exec(guest, name, stats)
     if (stats.exit_status, stats.signal) != ((-1, killed_by) if killed_by else (0, 0)):
         raise GuestError(_workload_ending(name, stats, lines, killed_by))
     records = parse_records(guest.run(["cat", EVENTS_FILE]).stdout_bytes, f"{name}: {EVENTS_FILE}")
     pid, ops = parse_mmops_ops(guest, lines[:-1], source)
     return WorkloadRun(name=name, lines=lines, pid=pid, ops=ops, records=records, stats=stats)
+
+
+def note_late_exec(guest: Guest, name: str, stats: ProbeStats) -> None:
+    """A workload whose exec was not done when its exec pipe said so: nhctl waited before attaching,
+    and the row says so (the kernel closed a close-on-exec file before installing the new mm)."""
+    if stats.exec_late_us:
+        guest.notes.append(f"{name}: the workload had not exec'd when its close-on-exec pipe closed; "
+                           f"nhctl waited {stats.exec_late_us} us before attaching")
 
 
 def _workload_ending(name: str, stats: ProbeStats, lines: list[dict[str, Any]], killed_by: int) -> str:

@@ -25,7 +25,8 @@ from harness.guest_data import GuestDataError, parse_int, parse_json_line
 from harness.model.contract import check_contract
 from harness.model.versions import Features
 from harness.scenarios.base import PROBE_NEEDS, ScenarioContext
-from harness.scenarios.probe import EVENTS_FILE, ProbeStats, format_finding, load_probe, stream_problems
+from harness.scenarios.probe import (EVENTS_FILE, ProbeStats, format_finding, load_probe, note_late_exec,
+                                     stream_problems)
 from harness.verdict import Verdict
 
 GUEST_DIR = "/tmp/nh-workload"
@@ -100,6 +101,7 @@ class Workload:
             raise GuestError(f"workload: nhctl run failed with status {result.exit_status}: "
                              f"{(result.stderr or result.stdout).strip()[-300:]}")
         output, stats = split_output(result.stdout_bytes, "workload: nhctl run")
+        note_late_exec(ctx.guest, "workload", stats)
         events = guest.run(["cat", EVENTS_FILE])
         records = parse_records(events.stdout_bytes, f"workload: {EVENTS_FILE}")
         (ctx.out_dir / "output.txt").write_bytes(output)

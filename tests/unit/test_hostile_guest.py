@@ -180,6 +180,7 @@ def test_a_start_line_without_a_plausible_pid():
     '{"op": "probe-stats", "written": 0, "dropped": -1, "read": 0, "exit_status": 0, "signal": 0}',
     '{"op": "probe-stats", "written": 0, "dropped": 0, "read": 0, "signal": 0}',
     '{"op": "probe-stats", "written": 0, "dropped": 0, "read": 0, "exit_status": 0, "signal": 1000}',
+    '{"op": "probe-stats", "written": 0, "dropped": 0, "read": 0, "exit_status": 0, "signal": 0, "exec_late_us": -1}',
     '{"op": "not-stats"}',
 ])
 def test_nhctl_counters_that_are_garbage(stats):

@@ -123,3 +123,20 @@ def test_a_memcg_that_cannot_be_created():
     with pytest.raises(GuestError, match="memcg /sys/fs/cgroup/nh-x cannot be created: mkdir: can't create"):
         with Memcg(g, "nh-x", 32):
             pass
+
+
+LATE = '{"op": "probe-stats", "written": 0, "dropped": 0, "read": 0, "attached_pid": 5, "pid": 5, ' \
+       '"exit_status": 0, "signal": 0, "record_size": 64, "exec_late_us": %d}'
+EXIT_LINE = '{"op": "exit", "t0": 2}\n'
+
+
+def test_a_workload_exec_seen_late_is_noted_in_the_row_and_an_on_time_one_is_not():
+    from harness.scenarios.probe import run_mmops
+    g = guest({"/opt/nh/bin/nhctl": (0, START + EXIT_LINE + LATE % 1500), "cat": (0, "")})
+    run = run_mmops(g, "exit", ["map:A:1M"])
+    assert run.stats.exec_late_us == 1500
+    assert g.notes == ["exit: the workload had not exec'd when its close-on-exec pipe closed; "
+                       "nhctl waited 1500 us before attaching"]
+    g = guest({"/opt/nh/bin/nhctl": (0, START + EXIT_LINE + LATE % 0), "cat": (0, "")})
+    run_mmops(g, "exit", ["map:A:1M"])
+    assert g.notes == []

@@ -112,6 +112,16 @@ def test_debug_lines_quoting_the_guest_are_escaped(tmp_path):
     assert (tmp_path / "harness.log").read_text().endswith("guest said \\x1b]52;c;x\\x07\n")
 
 
+def test_what_the_guests_tools_noted_goes_into_that_scenarios_row_only(tmp_path, monkeypatch, scenarios):
+    def noting(ctx):
+        ctx.guest.notes.append("nhctl waited 7 us")
+        return PASS
+    scenarios["noting"] = Scripted("noting", noting)
+    results, _ = run(tmp_path, monkeypatch, ["noting", "ok"], kernels=("debian:6.1",))
+    assert [r.verdict for r in results] == ["pass", "pass"]
+    assert "nhctl waited 7 us" in results[0].notes and not any("nhctl" in n for n in results[1].notes)
+
+
 def test_host_side_work_counts_against_the_scenarios_time_limit(tmp_path, monkeypatch, scenarios):
     import time
 
