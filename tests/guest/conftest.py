@@ -3,6 +3,8 @@ resolved once per session (downloaded into the cache the first time)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -67,6 +69,16 @@ def cmdline_of(pid: int) -> list[str]:
 def qemu_running(argv: list[str]) -> list[int]:
     """Pids of live processes whose command line is exactly this QEMU argv."""
     return [pid for pid in pids() if cmdline_of(pid) == argv and pid_alive(pid)]
+
+
+def run_matrix(out: Path, *scenarios: str) -> tuple[int, str]:
+    """`run -c configs/matrix.yaml` for `scenarios` on 6.1 and 6.12 under TCG: its exit code and what
+    it printed (captured here, so a module-scoped fixture can share one run among its tests)."""
+    argv = ["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out)]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(argv + [arg for name in scenarios for arg in ("--scenario", name)])
+    return code, printed.getvalue()
 
 
 def run_matrix_passing(out: Path, capsys, *scenarios: str) -> dict[tuple[str, str], str]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harness.cli import main
 from harness.coverage import coverage_map
-from tests.guest.conftest import run_matrix_passing
+from tests.guest.conftest import run_matrix
 
 # Per minor version: scenario -> the call sites its per-operation rules judge.
 SITES = {
@@ -53,22 +55,28 @@ def assert_judged(out: Path, scenarios: tuple[str, ...]) -> None:
                 assert " judged " in line and f"{scenario}*" in line, line
 
 
-def test_uprobe_and_shmem_collapse_pass_and_judge_their_sites(kernels, tmp_path, capsys):
-    out = tmp_path / "run"
-    run_matrix_passing(out, capsys, "uprobe", "shmem-collapse")
-    assert_judged(out, ("uprobe", "shmem-collapse"))
-
-
-def test_pagemap_uffd_passes_on_612_and_skips_on_61(kernels, tmp_path, capsys):
-    out = tmp_path / "run"
-    code = main(["run", "-c", "configs/matrix.yaml", "--accel", "tcg", "--out", str(out), "--scenario", "pagemap-uffd"])
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def matrix_run(kernels, tmp_path_factory) -> Path:
+    """One run of the three scenarios on both kernels, shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("uprobe-collapse-uffd") / "run"
+    code, printed = run_matrix(out, "uprobe", "shmem-collapse", "pagemap-uffd")
     assert code == 0, printed
-    found = rows(out)
+    return out
+
+
+def test_uprobe_and_shmem_collapse_pass_and_judge_their_sites(matrix_run):
+    found = rows(matrix_run)
+    assert {found[(minor, name)]["verdict"] for minor in ("1", "12") for name in ("uprobe", "shmem-collapse")} == \
+        {"pass"}
+    assert_judged(matrix_run, ("uprobe", "shmem-collapse"))
+
+
+def test_pagemap_uffd_passes_on_612_and_skips_on_61(matrix_run):
+    found = rows(matrix_run)
     assert found[("1", "pagemap-uffd")]["verdict"] == "skip"
     assert "PAGEMAP_SCAN" in found[("1", "pagemap-uffd")]["findings"][0]
     assert found[("12", "pagemap-uffd")]["verdict"] == "pass"
-    assert_judged(out, ("pagemap-uffd",))
+    assert_judged(matrix_run, ("pagemap-uffd",))
 
 
 def test_a_damaged_stream_fails_each_with_the_named_finding(kernels, tmp_path, capsys):
