@@ -245,6 +245,9 @@ class AddressSpace:
     # the batch is drained: MADV_COLD needs to know where that was.
     cpu: Optional[int] = None
     access_cpus: set[Optional[int]] = field(default_factory=set)
+    # The operation families' own state (their file mappings, lazily freed pages, ...) by family
+    # name, made on first use (families._common.family_state); mmops.c's rules never read it.
+    families: dict[str, Any] = field(default_factory=dict)
 
     def access(self, start: int, end: int) -> None:
         self.young.update(range(start, end, PAGE))

@@ -28,13 +28,10 @@ def register(kind: str, expect: ExpectFn, ints: tuple[str, ...] = (), ranged: bo
 
 def family_state(aspace: AddressSpace, key: str, make: Callable[[], T]) -> T:
     """A family's own state in the address space the operations walk (its file mappings, its lazily
-    freed pages, ...), made by `make` on first use.  AddressSpace has fields for the anonymous VMAs
-    mmops.c's operations shape and none for a family's; the state lives beside them, under `key`
-    (the family's name), so that mmops.c's rules never see it."""
-    state = aspace.__dict__
-    if f"family:{key}" not in state:
-        state[f"family:{key}"] = make()
-    return state[f"family:{key}"]  # type: ignore[no-any-return]
+    freed pages, ...), made by `make` on first use and kept under `key` (the family's name)."""
+    if key not in aspace.families:
+        aspace.families[key] = make()
+    return aspace.families[key]  # type: ignore[no-any-return]
 
 
 def windows_then(op: Op, wants: Sequence[Want], f: Features,

@@ -29,7 +29,7 @@ present ("No need to invalidate - it was non-present before", mm/migrate.c).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from harness.events import Callback, Event, Record
 from harness.model.callsites import register_judged
@@ -100,6 +100,24 @@ def window_problems(pair: Pair, f: Features) -> Optional[str]:
     return None
 
 
+def _migration_windows(op: Op, pairs: Sequence[Pair], records: Sequence[Record], f: Features,
+                       fits: Callable[[Pair], bool], during: str, expected: str) -> tuple[list[Finding], list[Pair]]:
+    """try_to_migrate_one's windows: the CLEARs over what `fits` says may move, each checked as a
+    window, and a finding for any other window.  Returns the findings and those CLEARs."""
+    findings: list[Finding] = []
+    clears: list[Pair] = []
+    for pair in pairs:
+        if pair.event != Event.CLEAR or not fits(pair):
+            findings.append(_finding("unexpected", op, f"unexpected window {pair.describe()} during {during}",
+                                     pair.start, records, expected=expected))
+            continue
+        problem = window_problems(pair, f)
+        if problem:
+            findings.append(_finding("migrate", op, problem, pair.start, records))
+        clears.append(pair)
+    return findings, clears
+
+
 def expect_migrate(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     """numa (move_pages) and mbind (MPOL_MF_MOVE): a CLEAR per unit, first seen in address order."""
     if not aspace.owns(op.start, op.end):
@@ -113,18 +131,12 @@ def expect_migrate(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     how = "move_pages(2)" if op.kind == "numa" else "mbind(2) MPOL_MF_MOVE"
 
     def check(pairs: list[Pair], _own: list[Record], records: Sequence[Record]) -> list[Finding]:
-        findings: list[Finding] = []
         seen: dict[tuple[int, int], int] = {}
         order: list[tuple[int, int]] = []
-        for pair in pairs:
-            if pair.event != Event.CLEAR or unit_of.get(pair.range[0]) != pair.range:
-                findings.append(_finding("unexpected", op, f"unexpected window {pair.describe()} during {how}",
-                                         pair.start, records, expected="a CLEAR per page or PMD-mapped THP moved "
-                                         "(try_to_migrate_one)"))
-                continue
-            problem = window_problems(pair, f)
-            if problem:
-                findings.append(_finding("migrate", op, problem, pair.start, records))
+        findings, clears = _migration_windows(
+            op, pairs, records, f, lambda pair: unit_of.get(pair.range[0]) == pair.range, how,
+            "a CLEAR per page or PMD-mapped THP moved (try_to_migrate_one)")
+        for pair in clears:
             if pair.range not in seen:
                 order.append(pair.range)
             seen[pair.range] = seen.get(pair.range, 0) + 1
@@ -163,19 +175,13 @@ def expect_compact(op: Op, aspace: AddressSpace, f: Features) -> Expectation:
     """compact_memory: the workload's windows are try_to_migrate_one's 4 KiB CLEARs, on any of its
     pages (its stack and text move too); judge_compaction_moves() checks the pages that moved."""
 
+    def one_page(pair: Pair) -> bool:
+        s, e = pair.range
+        return e - s == PAGE and not s % PAGE and e <= USER_ADDR_LIMIT
+
     def check(pairs: list[Pair], _own: list[Record], records: Sequence[Record]) -> list[Finding]:
-        findings: list[Finding] = []
-        for pair in pairs:
-            s, e = pair.range
-            if pair.event != Event.CLEAR or e - s != PAGE or s % PAGE or e > USER_ADDR_LIMIT:
-                findings.append(_finding("unexpected", op, f"unexpected window {pair.describe()} during compaction",
-                                         pair.start, records, expected="4 KiB CLEARs from try_to_migrate_one "
-                                         "(compaction skips compound pages)"))
-                continue
-            problem = window_problems(pair, f)
-            if problem:
-                findings.append(_finding("migrate", op, problem, pair.start, records))
-        return findings
+        return _migration_windows(op, pairs, records, f, one_page, "compaction",
+                                  "4 KiB CLEARs from try_to_migrate_one (compaction skips compound pages)")[0]
 
     return Expectation(op, check=check)
 
