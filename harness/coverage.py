@@ -36,10 +36,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 from harness.guest_data import U64_MAX
 from harness.model.callsites import ENTRY_POINTS, JUDGED_BY, CallSite, SiteTable, frame_name, resolve_frames, sites_for
 from harness.printable import printable
-from harness.tracefs import collect_script
+from harness.tracefs import HEADER, collect_script, instance_path, make_script, remove_script
 
-TRACING = "/sys/kernel/tracing"
-INSTANCE = f"{TRACING}/instances/nh-cov"
+INSTANCE = instance_path("nh-cov")
 GROUP = "nhcov"
 # kprobe event name -> the entry point it is placed on, and its fetch arguments (x86-64: the first
 # three arguments are %di, %si, %dx).
@@ -70,14 +69,10 @@ def _define(name: str) -> str:
 # Prints `range-args btf|6.1|none` and one `probe NAME` line per probe enabled; exits non-zero if
 # tracefs, the instance or a probe cannot be set up.
 SETUP_SCRIPT = (
-    f'T={TRACING}; I={INSTANCE}; G={GROUP}; cd "$T" || exit 1; '
-    'if [ -d "$I" ]; then for f in "$I"/events/$G/*/enable; do [ -e "$f" ] && echo 0 > "$f"; done; '
-    'rmdir "$I" || exit 1; fi; '
-    f'for n in {_NAMES}; do if [ -d events/$G/$n ]; then echo "-:$G/$n" >> kprobe_events || exit 1; fi; done; '
-    'mkdir "$I" || exit 1; '
-    f'echo {BUFFER_KB} > "$I/buffer_size_kb" && echo mono > "$I/trace_clock" && '
-    'echo 1 > "$I/options/stacktrace" || exit 1; '
-    f'if echo "p:$G/mn_start {PROBES["mn_start"][0]} {RANGE_ARGS_BTF}" >> kprobe_events 2>/dev/null; then '
+    remove_script(INSTANCE, GROUP, PROBES)
+    + 'cd "$T" || exit 1; '
+    + make_script(BUFFER_KB, stacktrace=True)
+    + f'if echo "p:$G/mn_start {PROBES["mn_start"][0]} {RANGE_ARGS_BTF}" >> kprobe_events 2>/dev/null; then '
     'echo "range-args btf"; else case "$(uname -r)" in '
     f'6.1.*) A="{RANGE_ARGS_61}"; echo "range-args 6.1";; *) A=; echo "range-args none";; esac; '
     f'echo "p:$G/mn_start {PROBES["mn_start"][0]} $A" >> kprobe_events || exit 1; fi; '
@@ -91,13 +86,7 @@ COLLECT_SCRIPT = collect_script(INSTANCE, STATS_END)
 
 # Removes the instance and the kprobes (KVM's `echo > kprobe_events` fails with EBUSY while they are
 # enabled anywhere, and would delete them otherwise).
-TEARDOWN_SCRIPT = (
-    f'T={TRACING}; I={INSTANCE}; G={GROUP}; '
-    'if [ -d "$I" ]; then for f in "$I"/events/$G/*/enable; do [ -e "$f" ] && echo 0 > "$f"; done; '
-    'rmdir "$I" || exit 1; fi; '
-    f'for n in {_NAMES}; do if [ -d "$T/events/$G/$n" ]; then echo "-:$G/$n" >> "$T/kprobe_events" || exit 1; '
-    'fi; done'
-)
+TEARDOWN_SCRIPT = remove_script(INSTANCE, GROUP, PROBES) + "true"
 
 # Bounds on guest text: a line or a frame longer than this is not what ftrace prints.
 MAX_LINE = 4096
@@ -106,8 +95,7 @@ MAX_FRAMES = 128
 MAX_ARGS = 16
 
 # ASCII only: ftrace prints digits and symbol names in ASCII, and int() must not meet other digits.
-_HEADER = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d{1,7})\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d{1,4})\]\s+"
-                     r"(?:[^\s\[\]]{1,16}\s+)?(?P<ts>\d{1,12}\.\d{1,9}):\s+(?P<rest>.*)$", re.ASCII)
+_HEADER = re.compile(HEADER + r"(?P<rest>.*)$", re.ASCII)
 _EVENT = re.compile(r"^(?P<event>[\w.]{1,64}):\s?(?P<msg>.*)$", re.ASCII)
 _STACK_HEADER = "<stack trace>"
 _FRAME = re.compile(r"^ => (?P<frame>[\w.$]{1,%d}(?:\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+)?(?: \[[\w-]+\])?)$"

@@ -1,6 +1,7 @@
-"""A tracefs instance of the harness's own (nh-halt: harness/kvm/halt_trace.py; nh-young:
-harness/scenarios/youngtrace.py), read in collections: the collection script, its output split into
-the events lost and the trace, and the trace's event lines.
+"""A tracefs instance of the harness's own (nh-cov: harness/coverage.py; nh-halt:
+harness/kvm/halt_trace.py; nh-young: harness/scenarios/youngtrace.py): the shell that makes it and
+removes it with its kprobes, the collection script, its output split into the events lost and the
+trace, and the trace's event lines.
 
 The trace is guest text: a line that is not an event of the instance is an error, and so is an
 event lost to a full buffer (the judgement would be made on a trace with a hole in it).
@@ -16,6 +17,35 @@ from harness.events import parse_overruns
 from harness.guest_data import GuestDataError
 
 _LOST = re.compile(r"CPU:\d{1,4} \[LOST \d{1,20} EVENTS\]", re.ASCII)
+TRACING = "/sys/kernel/tracing"
+# An event line up to its timestamp's colon and the space after it: comm-pid, the tgid column when
+# the record-tgid option is on, [cpu], the irq/preempt flags, the timestamp.  ASCII only: ftrace
+# prints digits and symbol names in ASCII, and int() must not meet other digits.
+HEADER = (r"^\s*(?P<comm>.{0,64}?)-(?P<pid>\d{1,7})\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d{1,4})\]\s+"
+          r"(?:[^\s\[\]]{1,16}\s+)?(?P<ts>\d{1,12}\.\d{1,9}):\s+")
+
+
+def instance_path(name: str) -> str:
+    return f"{TRACING}/instances/{name}"
+
+
+def remove_script(instance: str, group: str, kprobes: Collection[str]) -> str:
+    """Shell that disables group `group`'s events in `instance`, removes the instance and deletes
+    the group's `kprobes` (only those: other groups' probes stay); sets T, I and G for what follows."""
+    script = (f'T={TRACING}; I={instance}; G={group}; '
+              'if [ -d "$I" ]; then for f in "$I"/events/$G/*/enable; do [ -e "$f" ] && echo 0 > "$f"; done; '
+              'rmdir "$I" || exit 1; fi; ')
+    if kprobes:
+        script += (f'for n in {" ".join(kprobes)}; do if [ -d "$T/events/$G/$n" ]; then '
+                   'echo "-:$G/$n" >> "$T/kprobe_events" || exit 1; fi; done; ')
+    return script
+
+
+def make_script(buffer_kb: int, stacktrace: bool = False) -> str:
+    """Shell that makes instance $I with `buffer_kb` per CPU; clock mono, so the per-CPU buffers
+    merge in time order even when a task moves between CPUs."""
+    return (f'mkdir "$I" || exit 1; echo {buffer_kb} > "$I/buffer_size_kb" && echo mono > "$I/trace_clock" '
+            + ('&& echo 1 > "$I/options/stacktrace" ' if stacktrace else '') + '|| exit 1; ')
 
 
 def collect_script(instance: str, stats_end: str) -> str:

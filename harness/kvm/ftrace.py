@@ -14,9 +14,8 @@ from harness.errors import GuestError
 from harness.events import KVM_EVENTS, TraceEvent, parse_trace
 from harness.guest import Guest
 from harness.guest_data import GuestDataError
-from harness.tracefs import split_collection
+from harness.tracefs import TRACING, split_collection
 
-TRACING = "/sys/kernel/tracing"
 # kprobe event name -> the kernel function it watches (group "nh").
 KPROBES = {"kvm_release": "kvm_mmu_notifier_release", "kvm_destroy": "kvm_destroy_vm"}
 BUFFER_KB = 8192

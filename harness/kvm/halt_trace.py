@@ -20,10 +20,10 @@ from harness.errors import GuestError
 from harness.guest import Guest
 from harness.guest_data import PID_MAX, GuestDataError, parse_int
 from harness.model.halt_poll import PollChange, TraceItem, Wakeup
-from harness.tracefs import EventLines, collect_script, event_lines, split_collection
+from harness.tracefs import (HEADER, EventLines, collect_script, event_lines, instance_path, make_script,
+                             remove_script, split_collection)
 
-TRACING = "/sys/kernel/tracing"
-INSTANCE = f"{TRACING}/instances/nh-halt"
+INSTANCE = instance_path("nh-halt")
 EVENTS = ("kvm_halt_poll_ns", "kvm_vcpu_wakeup")
 BUFFER_KB = 1024
 STATS_END = "--nh-halt--"
@@ -31,23 +31,20 @@ MAX_LINE = 512
 S64_MAX = (1 << 63) - 1
 U32_MAX = (1 << 32) - 1
 
-# Our events off in our instance, the instance gone (only ours: nothing else uses it).
-_CLEAN = (f'I={INSTANCE}; if [ -d "$I" ]; then for e in {" ".join(EVENTS)}; do '
-          'echo 0 > "$I/events/kvm/$e/enable"; done; rmdir "$I" || exit 1; fi; ')
-# The instance, fresh, with both events on; mono so the per-CPU buffers merge in time order even
-# when the vCPU thread moves between CPUs.
+# Our events off in our instance, the instance gone (only ours: nothing else uses it).  The events
+# are KVM's tracepoints: there are no kprobes to delete.
+_CLEAN = remove_script(INSTANCE, "kvm", ())
+# The instance, fresh, with both events on.
 SETUP_SCRIPT = (
     _CLEAN
-    + f'mkdir "$I" || exit 1; echo {BUFFER_KB} > "$I/buffer_size_kb" && echo mono > "$I/trace_clock" || exit 1; '
+    + make_script(BUFFER_KB)
     + f'for e in {" ".join(EVENTS)}; do [ -e "$I/events/kvm/$e/enable" ] || {{ echo "no kvm:$e" >&2; exit 3; }}; '
     + 'echo 1 > "$I/events/kvm/$e/enable" || exit 1; done'
 )
 COLLECT_SCRIPT = collect_script(INSTANCE, STATS_END)
 TEARDOWN_SCRIPT = _CLEAN + "true"
 
-_HEADER = re.compile(r"^\s*(?P<comm>.{0,64}?)-(?P<pid>\d{1,7})\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d{1,4})\]\s+"
-                     r"(?:[^\s\[\]]{1,16}\s+)?(?P<ts>\d{1,12}\.\d{1,9}):\s+(?P<event>\w{1,32}):\s+(?P<msg>.*)$",
-                     re.ASCII)
+_HEADER = re.compile(HEADER + r"(?P<event>\w{1,32}):\s+(?P<msg>.*)$", re.ASCII)
 _POLL_NS = re.compile(r"vcpu (?P<vcpu>\d{1,10}): halt_poll_ns (?P<new>\d{1,10}) \((?P<kind>grow|shrink) "
                       r"(?P<old>\d{1,10})\)", re.ASCII)
 _WAKEUP = re.compile(r"(?P<how>wait|poll) time (?P<ns>-?\d{1,20}) ns, polling (?P<valid>valid|invalid)", re.ASCII)

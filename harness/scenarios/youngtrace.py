@@ -41,10 +41,10 @@ from harness.errors import GuestError
 from harness.guest import Guest
 from harness.guest_data import PID_MAX, U64_MAX, GuestDataError, parse_int
 from harness.model.young import PRIMARIES, RELEASE, Hit
-from harness.tracefs import EventLines, collect_script, event_lines, split_collection
+from harness.tracefs import (HEADER, EventLines, collect_script, event_lines, instance_path, make_script,
+                             remove_script, split_collection)
 
-TRACING = "/sys/kernel/tracing"
-INSTANCE = f"{TRACING}/instances/nh-young"
+INSTANCE = instance_path("nh-young")
 GROUP = "nhyoung"
 PRIMARY_ARGS_BTF = "mm=vma->vm_mm:x64 addr=%si:x64 entry=+0(%dx):x64 caller=$stack0:symbol"
 PRIMARY_ARGS_61 = "mm=+16(%di):x64 addr=%si:x64 entry=+0(%dx):x64 caller=$stack0:symbol"
@@ -67,13 +67,7 @@ _NAMES = " ".join(PROBES)
 
 # Disables our events in our instance, removes it and our kprobes (only ours: the coverage's and
 # KVM's stay).
-_CLEAN = (
-    f'T={TRACING}; I={INSTANCE}; G={GROUP}; '
-    'if [ -d "$I" ]; then for f in "$I"/events/$G/*/enable; do [ -e "$f" ] && echo 0 > "$f"; done; '
-    'rmdir "$I" || exit 1; fi; '
-    f'for n in {_NAMES}; do if [ -d "$T/events/$G/$n" ]; then echo "-:$G/$n" >> "$T/kprobe_events" || exit 1; '
-    'fi; done; '
-)
+_CLEAN = remove_script(INSTANCE, GROUP, PROBES)
 
 
 def _define(name: str, args: str) -> str:
@@ -99,15 +93,14 @@ SETUP_SCRIPT = (
     + '*) echo "args none"; exit 3;; esac; fi; '
     + "".join(_define(n, "$A") for n in _PRIMARY_NAMES[1:])
     + "".join(_define(n, _quoted(args)) for n, (_, _, args) in PROBES.items() if args)
-    + f'mkdir "$I" || exit 1; echo {BUFFER_KB} > "$I/buffer_size_kb" && echo mono > "$I/trace_clock" || exit 1; '
+    + make_script(BUFFER_KB)
     + f'for n in {_NAMES}; do echo 1 > "$I/events/$G/$n/enable" || exit 1; done'
 )
 COLLECT_SCRIPT = collect_script(INSTANCE, STATS_END)
 TEARDOWN_SCRIPT = _CLEAN + "true"
 
 MAX_LINE = 1024
-_HEADER = re.compile(r"^\s*(?P<comm>.{0,64}?)-(?P<pid>\d{1,7})\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d{1,4})\]\s+"
-                     r"(?:[^\s\[\]]{1,16}\s+)?(?P<ts>\d{1,12}\.\d{1,9}):\s+(?P<event>\w{1,32}):\s+"
+_HEADER = re.compile(HEADER + r"(?P<event>\w{1,32}):\s+"
                      r"\((?P<func>[\w.]{1,128})\+0x[0-9a-f]{1,8}/0x[0-9a-f]{1,8}\)(?P<args>.*)$", re.ASCII)
 _ARG = re.compile(r"\s(?P<key>[a-z]{1,8})=(?P<value>\S{1,200})", re.ASCII)
 _HEX = re.compile(r"0x[0-9a-f]{1,16}", re.ASCII)
