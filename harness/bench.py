@@ -10,6 +10,7 @@ by side.  Nothing here asserts a target; it reports.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from functools import partial
 import resource
 import statistics
@@ -30,6 +31,7 @@ from harness.guest import Guest
 from harness.guest_data import only, parse_json_lines
 from harness.model.ops import parse_ops
 from harness.runner import Run, new_run_dir
+from harness.verdict import Result
 from harness.scenarios.probe import load_probe
 from harness.vm.accel import AccelChoice, choose_accel, probe_host
 from harness.vm.machine import Machine, free_port
@@ -189,10 +191,11 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
     memslot = dirty_log_rates(config, 1, out, "memslot")
     # The config's whole suite, one kernel at a time and two at once: its wall time each way.
     suite_s: dict[int, float] = {}
+    suite_rows: dict[int, list[Result]] = {}
     for jobs in (1, 2):
         log(f"bench: the whole suite, --jobs {jobs}")
         start = time.monotonic()
-        results = Run(config=config, out_dir=out / f"suite-jobs{jobs}", jobs=jobs,
+        suite_rows[jobs] = Run(config=config, out_dir=out / f"suite-jobs{jobs}", jobs=jobs,
                       log=partial(_prefixed, log, f"  [jobs {jobs}] ")).execute()
         suite_s[jobs] = time.monotonic() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -221,11 +224,16 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
         checked = {r: memslot.get(r, {}).get("ops_per_s", []) for r in releases}
         rows += [("memslot operations checked/s", *(f"{checked[r][0]:.0f}" if checked[r] else "-" for r in releases))]
     log("")
+    label = max(len(row[0]) for row in rows)
     for row in rows:
-        log(f"{row[0]:32}" + "".join(f"{cell:>{width + 2}}" for cell in row[1:]))
-    verdicts = ", ".join(f"{r.kernel}/{r.scenario}={r.verdict}" for r in results)
-    log(f"suite ({len(results)} scenario runs incl. boots): {suite_s[1]:.1f} s wall with --jobs 1, "
-        f"{suite_s[2]:.1f} s with --jobs 2 ({suite_s[1] / suite_s[2]:.2f}x) [{verdicts}]")
+        log(f"{row[0]:{label}}" + "".join(f"{cell:>{width + 2}}" for cell in row[1:]))
+    log(f"suite ({len(suite_rows[1])} scenario runs incl. boots): {suite_s[1]:.1f} s wall with --jobs 1, "
+        f"{suite_s[2]:.1f} s with --jobs 2 ({suite_s[1] / suite_s[2]:.2f}x)")
+    for jobs, results in suite_rows.items():
+        counts = Counter(r.verdict for r in results)
+        others = ", ".join(f"{r.kernel}/{r.scenario}={r.verdict}" for r in results if r.verdict != "pass")
+        log(f"  --jobs {jobs}: " + ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
+            + (f" ({others})" if others else ""))
     log(f"harness process peak RSS: {rss_mib:.0f} MiB")
     log(f"harness peak RSS under a {FLOOD_MIB} MiB console flood and a {FLOOD_MIB} MiB command output: "
         f"{flood_rss:.0f} MiB ({flood_s:.0f} s)")
