@@ -31,8 +31,8 @@ from harness.guest import Guest
 from harness.guest_data import only, parse_json_lines
 from harness.model.ops import parse_ops
 from harness.runner import Run, new_run_dir
-from harness.verdict import Result
 from harness.scenarios.probe import load_probe
+from harness.verdict import Result
 from harness.vm.accel import AccelChoice, choose_accel, probe_host
 from harness.vm.machine import Machine, free_port
 from harness.vm.qemu_args import QemuPlan, qemu_argv
@@ -196,7 +196,7 @@ def run_bench(config: Config, repeats: int, log: Callable[[str], None]) -> int:
         log(f"bench: the whole suite, --jobs {jobs}")
         start = time.monotonic()
         suite_rows[jobs] = Run(config=config, out_dir=out / f"suite-jobs{jobs}", jobs=jobs,
-                      log=partial(_prefixed, log, f"  [jobs {jobs}] ")).execute()
+                               log=partial(_prefixed, log, f"  [jobs {jobs}] ")).execute()
         suite_s[jobs] = time.monotonic() - start
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
