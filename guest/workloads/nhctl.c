@@ -241,7 +241,7 @@ static uint64_t await_exec(pid_t child, const char *program, ssize_t got, int re
 static pid_t spawn(int fd, char **argv, const char *cgroup, uint64_t *late_us)
 {
 	ssize_t got;
-	int status, execpipe[2], err = 0;
+	int status, read_errno, execpipe[2], err = 0;
 	pid_t child;
 
 	fflush(stdout);
@@ -270,13 +270,13 @@ static pid_t spawn(int fd, char **argv, const char *cgroup, uint64_t *late_us)
 	}
 	close(execpipe[1]);
 	got = read(execpipe[0], &err, sizeof(err));
+	read_errno = got < 0 ? errno : 0;
 	if (got > 0) {
 		waitpid(child, &status, 0);
 		die(WIFEXITED(status) && WEXITSTATUS(status) == 125 ? "join cgroup" : "exec workload", err);
 	}
-	status = errno;
 	close(execpipe[0]);
-	*late_us = await_exec(child, argv[0], got, got < 0 ? status : 0);
+	*late_us = await_exec(child, argv[0], got, read_errno);
 	return child;
 }
 

@@ -34,7 +34,7 @@ finding).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from harness.errors import GuestError

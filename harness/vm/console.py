@@ -125,7 +125,6 @@ class Console:
         self.panicked = threading.Event()
         self.init_failures: list[str] = []
         self.boot_steps: dict[str, float] = {}   # init's step -> the kernel's uptime when it ended
-        self.settled = threading.Event()   # init's last step: acpid listens for the power button
         self.closed = threading.Event()
         self._thread = threading.Thread(target=self._drain, name="console", daemon=True)
         self._thread.start()
@@ -169,8 +168,6 @@ class Console:
                     step, _, uptime = self._matched().removeprefix("NH-INIT: at ").partition(" ")
                     if len(self.boot_steps) < 16:
                         self.boot_steps[step] = float(uptime)
-                    if step == "settled":
-                        self.settled.set()
                 elif i == 4:
                     break
                 else:
@@ -195,6 +192,13 @@ class Console:
                 return False
             event.wait(0.05)
         return event.is_set()
+
+    def wait_step(self, step: str, timeout: float) -> bool:
+        """Whether init has reported `step` (`NH-INIT: at STEP`), waiting up to `timeout` for it."""
+        deadline = time.monotonic() + timeout
+        while step not in self.boot_steps and not self.closed.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return step in self.boot_steps
 
     def close(self, timeout: float = 5.0) -> None:
         """Join the reader (QEMU's exit closes the pipe) and close the log."""

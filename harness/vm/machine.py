@@ -351,7 +351,7 @@ class Machine:
         to a guest stopped right after boot.
         """
         ready = self._ssh is not None and soft
-        if ready and self.console is not None and not self.console.wait(self.console.settled, SETTLE_TIMEOUT_S):
+        if ready and self.console is not None and not self.console.wait_step("settled", SETTLE_TIMEOUT_S):
             logger.debug("guest init did not settle (acpid) in %.0f s: no power button", SETTLE_TIMEOUT_S)
             ready = False
         try:

@@ -57,7 +57,7 @@ def test_init_steps_are_read_and_a_boot_is_broken_down(tmp_path: Path):
     assert console.wait(console.ready, 10)
     console.close()
     assert console.boot_steps == {"init": 1.25, "modules": 1.5, "network": 1.6, "sshd": 1.7}
-    assert not console.settled.is_set()
+    assert not console.wait_step("settled", 0.1)
     steps = boot_steps(console.boot_steps, ready_s=2.5, boot_s=2.9)
     assert {k: round(v, 3) for k, v in steps.items()} == {"init": 1.25, "modules": 0.25, "network": 0.1,
                                                           "sshd": 0.1, "firmware": 0.8, "ssh": 0.4}
@@ -68,6 +68,6 @@ def test_settled_is_seen_after_the_ready_marker(tmp_path: Path):
     stream, thread = _feed([f"{READY_MARKER} 6.1\n".encode(), b"NH-INIT: at settled 2.100\n"])
     console = Console(stream, tmp_path / "console.log")
     thread.join(10)
-    assert console.wait(console.settled, 10)
+    assert console.wait_step("settled", 10)
     console.close()
     assert console.boot_steps["settled"] == 2.1
