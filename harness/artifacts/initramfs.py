@@ -149,7 +149,7 @@ def make_manifest(release: str, modules_dir: Path,
         man.files[str(lib).lstrip("/")] = lib.resolve()
     # Of busybox's applets the image links only /bin/sh (the kernel runs rcS through its #!);
     # init links the rest with one `busybox --install -s`.  Measured under TCG on 6.12: unpacking
-    # some 270 symlinks cost 0.13-0.2 s before init, `busybox --install -s` 0.01 s; and a
+    # some 270 symlinks cost 0.13-0.2 s before init, `busybox --install -s` 0.01-0.03 s; and a
     # /sbin/modprobe present while the kernel boots made each of its early request_module() calls
     # (for modules this image does not have) start a process, 0.15 s in all, before /init ran.
     man.symlinks.update({"bin/sh": "busybox", "init": "bin/busybox", "sbin": "bin", "usr/bin": "../bin", "usr/sbin": "../bin"})
